@@ -1,0 +1,40 @@
+# Two commands on a fresh machine with Python 3.11 and pip:  make demo  /  make test
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.synced
+DEMO_CORPUS := out/demo-corpus/stdlib-docs.parquet
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# uv is bootstrapped with pip into .tools/ when it is not on PATH
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $(STAMP)
+
+$(DEMO_CORPUS): | $(STAMP)
+	$(BIN)/python -m pipeline.demo $(DEMO_CORPUS)
+
+demo: $(STAMP) $(DEMO_CORPUS)
+	$(BIN)/oci-genai-batch run --source $(DEMO_CORPUS) --output out/demo --backend local
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline dags plugins tests bench
+	$(BIN)/mypy pipeline
+
+test: $(STAMP) lint
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_local.py
+	$(BIN)/python bench/bench_pipeline.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,161 @@
+"""Commit records, resume and the incremental index. State lives beside the data.
+
+A shard writes its output in *parts*. Committing part ``seq`` of shard ``S``:
+
+1. stage each table (``embeddings/``, ``summaries/``, ``failures/``) — locally under a
+   hidden temporary name, on object storage directly under its final key;
+2. write ``_state/commits/S/<seq>.json`` atomically — **this is the commit point**;
+3. publish the staged files under their final names (local rename).
+
+On resume, ``recover(S)`` rolls step 3 forward for every committed part and deletes any
+file of shard ``S`` that no commit record names. So a kill at any instant loses no
+committed row and never leaves a duplicate.
+
+The index maps ``doc_id`` to the content hash last committed for it, per task (embed,
+summary) and model fingerprint: a re-run skips what is already done for the same text and
+the same model, and redoes a document whose text or model changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pipeline.sinks import OutputStore
+
+log = logging.getLogger(__name__)
+
+COMMITS = "_state/commits"
+DATASETS = ("embeddings", "summaries", "failures")
+
+OK = "ok"
+FAILED = "failed"  # permanently failed: skipped by re-runs unless retry_failed
+
+
+def fingerprint_id(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def part_name(shard: str, seq: int) -> str:
+    return f"part-{shard}-{seq:06d}.parquet"
+
+
+@dataclass
+class CommitRecord:
+    shard: str
+    seq: int
+    run_id: str
+    committed_at: str
+    embed_fp: str
+    summary_fp: str | None
+    files: dict[str, str] = field(default_factory=dict)  # dataset -> relative path
+    # [doc_id, content_hash, embed state or None, summary state or None]
+    docs: list[list[str | None]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "seq": self.seq,
+            "run_id": self.run_id,
+            "committed_at": self.committed_at,
+            "embed_fp": self.embed_fp,
+            "summary_fp": self.summary_fp,
+            "files": self.files,
+            "docs": self.docs,
+            "counts": self.counts,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommitRecord:
+        return cls(**data)
+
+
+class Index:
+    """What is committed: doc_id -> (content_hash, state), for embeddings and summaries."""
+
+    def __init__(self) -> None:
+        self.embed: dict[str, tuple[str, str]] = {}
+        self.summary: dict[str, tuple[str, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.embed)
+
+    @staticmethod
+    def _needs(table: dict[str, tuple[str, str]], doc_id: str, chash: str, retry: bool) -> bool:
+        entry = table.get(doc_id)
+        if entry is None or entry[0] != chash:
+            return True
+        return retry and entry[1] == FAILED
+
+    def needs_embedding(self, doc_id: str, chash: str, retry_failed: bool = False) -> bool:
+        return self._needs(self.embed, doc_id, chash, retry_failed)
+
+    def needs_summary(self, doc_id: str, chash: str, retry_failed: bool = False) -> bool:
+        return self._needs(self.summary, doc_id, chash, retry_failed)
+
+
+class Checkpoint:
+    def __init__(self, store: OutputStore) -> None:
+        self.store = store
+
+    def records(self, shard: str | None = None) -> list[CommitRecord]:
+        shards = [shard] if shard else self.store.list_dirs(COMMITS)
+        out: list[CommitRecord] = []
+        for s in shards:
+            for name in self.store.list(f"{COMMITS}/{s}"):
+                if not name.endswith(".json"):
+                    continue  # a torn temporary file from a kill: not a commit
+                out.append(CommitRecord.from_json(self.store.read_json(f"{COMMITS}/{s}/{name}")))
+        out.sort(key=lambda r: (r.committed_at, r.shard, r.seq))
+        return out
+
+    def load_index(self, embed_fp: str, summary_fp: str | None) -> Index:
+        index = Index()
+        for rec in self.records():
+            for doc_id, chash, e_state, s_state in rec.docs:
+                assert doc_id is not None and chash is not None
+                if e_state and rec.embed_fp == embed_fp:
+                    index.embed[doc_id] = (chash, e_state)
+                if s_state and summary_fp and rec.summary_fp == summary_fp:
+                    index.summary[doc_id] = (chash, s_state)
+        return index
+
+    def recover(self, shard: str) -> tuple[int, list[str]]:
+        """Finish interrupted commits of ``shard`` and remove what was never committed.
+
+        Returns (next part sequence number, relative paths removed)."""
+        records = self.records(shard)
+        committed: set[str] = set()
+        for rec in records:
+            for rel in rec.files.values():
+                self.store.publish(rel)  # roll forward a commit killed before its renames
+                committed.add(rel)
+        removed: list[str] = []
+        prefix = f"part-{shard}-"
+        for dataset in DATASETS:
+            for name in self.store.list(dataset):
+                bare = name[1:-4] if name.startswith(".") and name.endswith(".tmp") else name
+                rel = f"{dataset}/{name}"
+                if bare.startswith(prefix) and f"{dataset}/{bare}" not in committed:
+                    self.store.delete(rel)
+                    removed.append(rel)
+                elif bare.startswith(prefix) and name != bare:
+                    self.store.delete(rel)  # stale temp of a part published since
+                    removed.append(rel)
+        for name in self.store.list(f"{COMMITS}/{shard}"):
+            if name.endswith(".tmp"):
+                self.store.delete(f"{COMMITS}/{shard}/{name}")
+        if removed:
+            log.info("shard %s: removed %d uncommitted file(s)", shard, len(removed))
+        next_seq = max((r.seq for r in records), default=-1) + 1
+        return next_seq, removed
+
+    def commit(self, record: CommitRecord) -> None:
+        self.store.write_json(f"{COMMITS}/{record.shard}/{record.seq:06d}.json", record.to_json())
+        for rel in record.files.values():
+            self.store.publish(rel)

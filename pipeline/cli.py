@@ -1,0 +1,190 @@
+"""The ``oci-genai-batch`` command.
+
+    oci-genai-batch run --source URI --output URI [--backend local|oci|hash] [...]
+
+Exit status: 0 when the run finished (rows that failed are in OUTPUT/failures/ and
+counted in the summary), 2 for a bad setting or an unreadable source (reported before
+any model call), 1 for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+from pipeline.config import AUTH_MODES, BACKENDS, JobConfig
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("oci_genai_batch")
+
+
+def _run_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="embed and summarize a corpus")
+    p.add_argument("--source", help="path or URI of the documents (Parquet or a directory)")
+    p.add_argument("--output", help="path or URI for embeddings/, summaries/, failures/")
+    p.add_argument("--config", help="a YAML file of settings (flags override it)")
+    p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument("--embed-model")
+    p.add_argument("--summary-model")
+    p.add_argument("--no-summaries", dest="summaries", action="store_const", const=False)
+    p.add_argument("--summary-length", choices=("SHORT", "MEDIUM", "LONG", "AUTO"))
+    p.add_argument("--summary-format", choices=("PARAGRAPH", "BULLETS", "AUTO"))
+    p.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model limit)")
+    p.add_argument("--chunk-overlap", type=int, help="tokens shared by neighbouring chunks")
+    p.add_argument("--id-column")
+    p.add_argument("--text-column")
+    p.add_argument("--passthrough", help="comma-separated source columns to copy")
+    p.add_argument("--json-text-field")
+    p.add_argument("--glob", help="directory sources: only files matching this pattern")
+    p.add_argument("--batch-docs", type=int, help="documents per committed part")
+    p.add_argument("--shards", type=int)
+    p.add_argument("--max-rpm", type=int, help="requests per minute ceiling")
+    p.add_argument("--max-tpm", type=int, help="tokens per minute ceiling")
+    p.add_argument("--max-in-flight", type=int, help="most requests at once")
+    p.add_argument("--max-attempts", type=int, help="tries per request, first included")
+    p.add_argument("--dim", type=int, help="vector size of the hash backend")
+    p.add_argument("--dry-run", action="store_const", const=True, default=None)
+    p.add_argument("--retry-failed", action="store_const", const=True, default=None)
+    p.add_argument("--run-id")
+    p.add_argument("--price-per-million-chars", type=float)
+    p.add_argument("--progress", dest="progress", action="store_const", const=True)
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    p.add_argument("--oci-config")
+    p.add_argument("--oci-profile")
+    p.add_argument("--auth", choices=AUTH_MODES)
+    p.add_argument("--compartment")
+    p.add_argument("--genai-endpoint")
+    p.add_argument("--os-endpoint")
+    p.add_argument("--region")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _config_from_args(args: argparse.Namespace) -> JobConfig:
+    skip = {"command", "config", "verbose"}
+    flags = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    if args.config:
+        return JobConfig.from_yaml(args.config, flags)
+    return JobConfig.from_mapping(flags, origin="command line")
+
+
+class _Progress:
+    """A tqdm bar (documents, docs/s, ETA) on a terminal; plain log lines otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.done = 0
+        self.total = 0
+        self.started = time.monotonic()
+        self.last_line = self.started
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="doc", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, docs: int, chunks: int) -> None:
+        self.done += docs
+        if self.bar is not None:
+            self.bar.update(docs)
+            self.bar.set_postfix(chunks=chunks, refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 10 or self.done >= self.total:
+            rate = self.done / max(now - self.started, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            log.info(
+                "progress: %d/%d documents, %.1f docs/s, %d chunks, ETA %.0f s",
+                self.done,
+                self.total,
+                rate,
+                chunks,
+                max(eta, 0.0),
+            )
+            self.last_line = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary_table(report: dict[str, Any], seconds: float, output: str) -> str:
+    c = report["counts"]
+    calls = report["calls"]
+    rows = [
+        ("documents read", c.get("documents_read", 0)),
+        ("documents skipped (already done)", c.get("documents_skipped", 0)),
+        ("documents completed", c.get("documents_completed", 0)),
+        ("chunks embedded", c.get("chunks_embedded", 0)),
+        ("summaries", c.get("summaries", 0)),
+        ("failures (dead letter)", c.get("failures", 0)),
+        ("model calls", calls["calls"]),
+        ("retries / throttled", f"{calls['retries']} / {calls['throttled']}"),
+        ("time", f"{seconds:.1f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"  outputs: {output}/embeddings/ summaries/ failures/ report.json")
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import runner
+
+    config = _config_from_args(args)
+    if config.dry_run:
+        preview = runner.dry_run(config)
+        print(
+            f"dry run: {preview['documents']} documents, {preview['characters']} characters,"
+            f" {preview['rejected']} rejected; estimated cost: {preview['estimated_cost']}"
+        )
+        return 0
+    progress = _Progress(config.progress if config.progress is not None else sys.stderr.isatty())
+
+    def on_plan(specs: list[runner.ShardSpec]) -> None:
+        total = sum(s.est_docs for s in specs)
+        log.info("run %s: %d shard(s), about %d documents", config.run_id, len(specs), total)
+        progress.start(total)
+
+    try:
+        result = runner.run(config, on_plan=on_plan, on_progress=progress.update)
+    finally:
+        progress.close()
+    print(_summary_table(result.report, result.seconds, config.output))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="oci-genai-batch", description="Batch embeddings and summaries with OCI GenAI."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+    except PipelineError as exc:
+        print(f"oci-genai-batch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "oci-genai-batch: interrupted; committed parts are kept, run again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""JobConfig: every setting of a run, validated once, frozen afterwards.
+
+Built from a YAML file, CLI flags or Airflow params through ``JobConfig.from_mapping``;
+the same keys work everywhere (``--max-rpm`` on the command line is ``max_rpm`` in YAML
+and in a DAG run's conf).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+BACKENDS = ("local", "oci", "hash")
+AUTH_MODES = (
+    "api_key",
+    "instance_principal",
+    "resource_principal",
+    "security_token",
+    "workload_identity",
+)
+_LENGTHS = ("SHORT", "MEDIUM", "LONG", "AUTO")
+_FORMATS = ("PARAGRAPH", "BULLETS", "AUTO")
+_EXTRACTIVENESS = ("LOW", "MEDIUM", "HIGH", "AUTO")
+
+# Per backend: (embedding model, summary model, tokens per chunk incl. special tokens)
+_BACKEND_DEFAULTS: dict[str, tuple[str, str, int]] = {
+    "local": ("local/all-MiniLM-L6-v2-int8", "local/mmr-minilm", 256),
+    "hash": ("hash/blake2b", "hash/lead", 256),
+    "oci": ("cohere.embed-v4.0", "cohere.command-a-03-2025", 512),
+}
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    source: str
+    output: str
+    backend: str = "local"
+    embed_model: str | None = None
+    summary_model: str | None = None
+    summaries: bool = True
+    summary_length: str = "SHORT"
+    summary_format: str = "PARAGRAPH"
+    summary_extractiveness: str = "AUTO"
+    # chunking (tokens; None = the backend's per-input limit)
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 32
+    # source
+    id_column: str = "doc_id"
+    text_column: str = "text"
+    passthrough: tuple[str, ...] = ()
+    json_text_field: str = "text"
+    glob: str | None = None
+    # execution
+    batch_docs: int = 256
+    shards: int = 1
+    max_rpm: int | None = None
+    max_tpm: int | None = None
+    max_in_flight: int = 8
+    max_attempts: int = 6
+    dim: int = 384  # hash backend only
+    dry_run: bool = False
+    retry_failed: bool = False
+    keep_chunk_text: bool = True
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+    run_id: str = field(default_factory=new_run_id)
+    price_per_million_chars: float | None = None
+    max_cost: float | None = None
+    # OCI
+    oci_config: str | None = None
+    oci_profile: str = "DEFAULT"
+    auth: str = "api_key"
+    compartment: str | None = None
+    genai_endpoint: str | None = None
+    os_endpoint: str | None = None
+    region: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ConfigError("source: required (a path or URI of the documents)")
+        if not self.output:
+            raise ConfigError("output: required (a path or URI for the results)")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.auth not in AUTH_MODES:
+            raise ConfigError(f"auth: {self.auth!r} is not one of {', '.join(AUTH_MODES)}")
+        for name, value, allowed in (
+            ("summary_length", self.summary_length, _LENGTHS),
+            ("summary_format", self.summary_format, _FORMATS),
+            ("summary_extractiveness", self.summary_extractiveness, _EXTRACTIVENESS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        for name in ("batch_docs", "shards", "max_in_flight", "max_attempts", "dim"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("max_rpm", "max_tpm"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}: must be at least 1 when set, got {value}")
+        if self.chunk_tokens is not None and self.chunk_tokens < 16:
+            raise ConfigError(f"chunk_tokens: must be at least 16, got {self.chunk_tokens}")
+        limit = self.chunk_tokens or _BACKEND_DEFAULTS[self.backend][2]
+        if not 0 <= self.chunk_overlap < limit // 2:
+            raise ConfigError(
+                f"chunk_overlap: must be between 0 and {limit // 2 - 1} for chunks of"
+                f" {limit} tokens, got {self.chunk_overlap}"
+            )
+        if self.max_cost is not None and self.max_cost < 0:
+            raise ConfigError(f"max_cost: must not be negative, got {self.max_cost}")
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def embed_model_id(self) -> str:
+        return self.embed_model or _BACKEND_DEFAULTS[self.backend][0]
+
+    @property
+    def summary_model_id(self) -> str:
+        return self.summary_model or _BACKEND_DEFAULTS[self.backend][1]
+
+    @property
+    def default_chunk_tokens(self) -> int:
+        return _BACKEND_DEFAULTS[self.backend][2]
+
+    def replace(self, **changes: Any) -> JobConfig:
+        return dataclasses.replace(self, **changes)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to write into reports and logs (paths, never key material)."""
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, origin: str = "config") -> JobConfig:
+        """Build from a dict (YAML, CLI, Airflow params). Unknown keys are an error;
+        keys may use dashes or underscores; None values mean "the default"."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                raise ConfigError(
+                    f"{origin}: unknown setting {raw_key!r} (known: {', '.join(sorted(known))})"
+                )
+            if value is None:
+                continue
+            kwargs[key] = _coerce(key, value, known[key].type, origin)
+        for name in ("source", "output"):
+            if name not in kwargs:
+                raise ConfigError(f"{origin}: {name} is required")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str, overrides: Mapping[str, Any] | None = None) -> JobConfig:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of settings at the top")
+        merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        return cls.from_mapping(merged, origin=f"config file {path}")
+
+
+def _coerce(key: str, value: Any, annotation: Any, origin: str) -> Any:
+    text = str(annotation)
+    try:
+        if "tuple" in text:
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if text.startswith("bool"):
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if text.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if text.startswith("float"):
+            return float(value)
+        if text.startswith("str"):
+            if key in ("source", "output", "oci_config"):
+                return os.path.expanduser(str(value))
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{origin}: {key} = {value!r} is not a valid {text}") from None
+    return value

@@ -1,0 +1,240 @@
+"""Turning chunks and documents into model calls: batching, budgets, retries, splitting.
+
+``Caller.embed`` takes unique texts, packs them into requests (at most the backend's
+inputs per call and tokens per call), sends them concurrently under the shared
+``Budget``, retries what is retryable with jittered exponential back-off (honouring a
+server's Retry-After), and splits a batch the service rejects (400) in halves until the
+offending input stands alone; that input becomes a ``Failure`` and the rest succeed.
+Results are aligned 1:1 with the inputs, checked on every response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from pipeline.errors import BadRequestError, BadResponseError, GenAIError, ThrottledError
+from pipeline.genai.base import Backend, EmbedResult, SummaryResult, SummarySettings
+from pipeline.throttle import Budget
+
+T = TypeVar("T")
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    retries: int = 0
+    throttled: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    input_chars: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def merge(self, other: CallStats) -> None:
+        self.calls += other.calls
+        self.retries += other.retries
+        self.throttled += other.throttled
+        self.errors += other.errors
+        self.input_tokens += other.input_tokens
+        self.input_chars += other.input_chars
+        self.latencies_ms.extend(other.latencies_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class TextFailure:
+    """Why one input got no result."""
+
+    index: int
+    error: GenAIError
+    attempts: int
+
+
+class _Wait:
+    """Jittered exponential back-off, but never shorter than a server's Retry-After."""
+
+    def __init__(self) -> None:
+        self._exp = wait_exponential_jitter(initial=0.5, max=30.0, jitter=1.0)
+
+    def __call__(self, state: RetryCallState) -> float:
+        delay = float(self._exp(state))
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ThrottledError) and exc.retry_after is not None:
+            delay = max(delay, min(exc.retry_after, 120.0))
+        return delay
+
+
+class Caller:
+    def __init__(
+        self,
+        backend: Backend,
+        budget: Budget,
+        *,
+        max_attempts: int = 6,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.backend = backend
+        self.budget = budget
+        self.max_attempts = max_attempts
+        self.sleep = sleep
+        self.stats = CallStats()
+
+    # ------------------------------------------------------------------ one request
+
+    async def _call(self, fn: Callable[[], Awaitable[T]], tokens: int, chars: int) -> tuple[T, int]:
+        """Send one request with retries. Returns (result, attempts)."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=_Wait(),
+            retry=retry_if_exception(lambda e: isinstance(e, GenAIError) and e.retryable),
+            reraise=True,
+            sleep=self.sleep,
+        )
+        attempts = 0
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                if attempts > 1:
+                    self.stats.retries += 1
+                async with self.budget.slot(tokens):
+                    started = time.monotonic()
+                    self.stats.calls += 1
+                    self.stats.input_tokens += tokens
+                    self.stats.input_chars += chars
+                    try:
+                        result = await fn()
+                    except ThrottledError:
+                        self.stats.throttled += 1
+                        self.budget.concurrency.on_throttle(time.monotonic() - started)
+                        raise
+                    except GenAIError:
+                        self.stats.errors += 1
+                        raise
+                    self.stats.latencies_ms.append((time.monotonic() - started) * 1000.0)
+                    self.budget.concurrency.on_success()
+                return result, attempts
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    # ------------------------------------------------------------------ embeddings
+
+    def _batches(self, texts: Sequence[str], tokens: Sequence[int]) -> list[list[int]]:
+        cap_inputs = self.backend.max_batch_inputs
+        cap_tokens = self.backend.max_batch_tokens
+        batches: list[list[int]] = []
+        current: list[int] = []
+        current_tokens = 0
+        for i in range(len(texts)):
+            over = cap_tokens is not None and current and current_tokens + tokens[i] > cap_tokens
+            if len(current) >= cap_inputs or over:
+                batches.append(current)
+                current, current_tokens = [], 0
+            current.append(i)
+            current_tokens += tokens[i]
+        if current:
+            batches.append(current)
+        return batches
+
+    async def _embed_group(
+        self,
+        texts: Sequence[str],
+        tokens: Sequence[int],
+        idx: list[int],
+        out: list[Any],
+        failures: list[TextFailure],
+    ) -> None:
+        group = [texts[i] for i in idx]
+        try:
+            result, _ = await self._call(
+                lambda: self._checked_embed(group),
+                sum(tokens[i] for i in idx),
+                sum(len(t) for t in group),
+            )
+        except BadRequestError as exc:
+            if len(idx) == 1:
+                failures.append(TextFailure(idx[0], exc, 1))
+                return
+            mid = len(idx) // 2
+            await asyncio.gather(
+                self._embed_group(texts, tokens, idx[:mid], out, failures),
+                self._embed_group(texts, tokens, idx[mid:], out, failures),
+            )
+            return
+        except GenAIError as exc:
+            failures.extend(TextFailure(i, exc, self.max_attempts) for i in idx)
+            return
+        for k, i in enumerate(idx):
+            out[i] = (result.vectors[k], result.truncated[k], result)
+
+    async def _checked_embed(self, group: list[str]) -> EmbedResult:
+        result = await self.backend.embed(group)
+        vectors = np.asarray(result.vectors)
+        if (
+            vectors.ndim != 2
+            or vectors.shape[0] != len(group)
+            or len(result.truncated) != len(group)
+        ):
+            raise BadResponseError(
+                f"embed answer holds {vectors.shape[0] if vectors.ndim else 0} vectors for"
+                f" {len(group)} inputs",
+                request_id=result.request_id,
+            )
+        if vectors.shape[1] != self.backend.dim:
+            raise BadResponseError(
+                f"embed answer has dimension {vectors.shape[1]}, expected {self.backend.dim}",
+                request_id=result.request_id,
+            )
+        return result
+
+    async def embed(
+        self, texts: Sequence[str], tokens: Sequence[int]
+    ) -> tuple[list[tuple[np.ndarray, bool, EmbedResult] | None], list[TextFailure]]:
+        """Embed ``texts`` (token counts alongside). ``results[i]`` is None iff input i failed."""
+        out: list[Any] = [None] * len(texts)
+        failures: list[TextFailure] = []
+        await asyncio.gather(
+            *(
+                self._embed_group(texts, tokens, idx, out, failures)
+                for idx in self._batches(texts, tokens)
+            )
+        )
+        return out, failures
+
+    # ------------------------------------------------------------------ summaries
+
+    async def summarize(
+        self, texts: Sequence[str], tokens: Sequence[int], settings: SummarySettings
+    ) -> tuple[list[SummaryResult | None], list[TextFailure]]:
+        out: list[SummaryResult | None] = [None] * len(texts)
+        failures: list[TextFailure] = []
+        many = getattr(self.backend, "summarize_many", None)
+        if many is not None and texts:
+            # local models: one batched pass is far cheaper than one call per document
+            try:
+                results, _ = await self._call(
+                    lambda: many(list(texts), settings), sum(tokens), sum(map(len, texts))
+                )
+                return list(results), failures
+            except GenAIError:
+                pass  # fall back to one call per document to isolate the bad one
+
+        async def one(i: int) -> None:
+            try:
+                out[i], _ = await self._call(
+                    lambda: self.backend.summarize(texts[i], settings), tokens[i], len(texts[i])
+                )
+            except GenAIError as exc:
+                failures.append(TextFailure(i, exc, self.max_attempts))
+
+        await asyncio.gather(*(one(i) for i in range(len(texts))))
+        return out, failures

@@ -1,0 +1,84 @@
+"""The interface every model backend implements (local models, the OCI service, hash).
+
+The runner only sees this: it never knows whether vectors come from onnxruntime on this
+machine or from OCI over HTTPS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class SummarySettings:
+    """What the summary should look like; maps to OCI's summarize parameters and to the
+    chat prompt. ``length``: SHORT | MEDIUM | LONG | AUTO; ``format``: PARAGRAPH | BULLETS |
+    AUTO; ``extractiveness``: LOW | MEDIUM | HIGH | AUTO."""
+
+    length: str = "SHORT"
+    format: str = "PARAGRAPH"
+    extractiveness: str = "AUTO"
+    additional_command: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    """Vectors aligned 1:1 with the inputs: ``vectors[i]`` belongs to ``inputs[i]``."""
+
+    vectors: np.ndarray  # shape (n, dim), float32
+    truncated: list[bool]
+    model_id: str
+    model_version: str | None = None
+    input_tokens: int = 0
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryResult:
+    summary: str
+    model_id: str
+    model_version: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    request_id: str | None = None
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """Counts tokens the way the target model does, or over-counts; never under-counts."""
+
+    name: str
+    #: tokens the model adds to every input (e.g. [CLS] and [SEP])
+    special_tokens: int
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans ``(start, end)`` of each token of ``text``, in order."""
+        ...
+
+
+class Backend(Protocol):
+    """A model backend. Methods are async; a backend is an async context manager."""
+
+    name: str
+    embed_model_id: str
+    summary_model_id: str
+    dim: int
+    #: most inputs per embed call, and most tokens in one call (None: no call-level cap)
+    max_batch_inputs: int
+    max_batch_tokens: int | None
+    #: most tokens of one input the embedding model reads
+    max_input_tokens: int
+    token_counter: TokenCounter
+
+    def fingerprint(self) -> dict[str, object]:
+        """Everything about the embedding model that changes the vectors."""
+        ...
+
+    async def embed(self, texts: list[str]) -> EmbedResult: ...
+
+    async def summarize(self, text: str, settings: SummarySettings) -> SummaryResult: ...
+
+    async def aclose(self) -> None: ...

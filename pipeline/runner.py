@@ -1,0 +1,225 @@
+"""The three entry points of a run: ``plan`` → ``run_shard`` (per shard) → ``commit``.
+
+``run`` chains them in one process (the CLI); Airflow calls each from its own task.
+Shard specs and shard reports are small JSON-able dicts: they travel through XCom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from pipeline.chunking import ChunkSettings
+from pipeline.config import JobConfig
+from pipeline.errors import PipelineError
+from pipeline.genai import make_backend
+from pipeline.genai.base import Backend
+from pipeline.models import PIPELINE_VERSION
+from pipeline.report import RunReport, ShardReport, estimate_cost
+from pipeline.sinks import OutputStore
+from pipeline.sources import SourceOptions, SourceUnit, list_units
+from pipeline.stage import ShardWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Which source units one shard reads. ``shard_id`` is derived from the units, so the
+    same source split the same way gives the same ids (and so the same checkpoints)."""
+
+    shard_id: str
+    units: list[SourceUnit]
+    est_docs: int = 0
+    est_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shard_id": self.shard_id,
+            "units": [asdict(u) for u in self.units],
+            "est_docs": self.est_docs,
+            "est_bytes": self.est_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardSpec:
+        return cls(
+            shard_id=data["shard_id"],
+            units=[SourceUnit(**u) for u in data["units"]],
+            est_docs=data.get("est_docs", 0),
+            est_bytes=data.get("est_bytes", 0),
+        )
+
+
+def source_options(config: JobConfig) -> SourceOptions:
+    return SourceOptions(
+        id_column=config.id_column,
+        text_column=config.text_column,
+        passthrough=config.passthrough,
+        json_text_field=config.json_text_field,
+        batch_size=config.batch_docs,
+        glob=config.glob,
+    )
+
+
+def chunk_settings(config: JobConfig, backend: Backend) -> ChunkSettings:
+    max_tokens = min(config.chunk_tokens or backend.max_input_tokens, backend.max_input_tokens)
+    return ChunkSettings(max_tokens=max_tokens, overlap=config.chunk_overlap)
+
+
+def _unit_docs(unit: SourceUnit) -> int:
+    if unit.kind == "parquet" and unit.row_end is not None:
+        return unit.row_end - unit.row_start
+    return 1
+
+
+def plan(config: JobConfig) -> list[ShardSpec]:
+    """List the source and split it into ``config.shards`` shards of similar size.
+
+    Raises ``SourceError`` / ``ConfigError`` before any model call when the source or
+    the settings are unusable."""
+    units = list_units(config.source, source_options(config))
+    n = max(1, min(config.shards, len(units)))
+    groups: list[list[SourceUnit]] = [[] for _ in range(n)]
+    weights = [0] * n
+    # largest first onto the lightest shard; then each shard's units back in source order
+    order = sorted(range(len(units)), key=lambda i: -max(units[i].size, 1))
+    for i in order:
+        k = weights.index(min(weights))
+        groups[k].append(units[i])
+        weights[k] += max(units[i].size, 1)
+    position = {id(u): i for i, u in enumerate(units)}
+    specs = []
+    for group in groups:
+        if not group:
+            continue
+        group.sort(key=lambda u: position[id(u)])
+        key = orjson.dumps([asdict(u) for u in group], option=orjson.OPT_SORT_KEYS)
+        specs.append(
+            ShardSpec(
+                shard_id=hashlib.blake2b(key, digest_size=6).hexdigest(),
+                units=group,
+                est_docs=sum(_unit_docs(u) for u in group),
+                est_bytes=sum(u.size for u in group),
+            )
+        )
+    return specs
+
+
+def run_shard(
+    spec: ShardSpec | dict[str, Any],
+    config: JobConfig,
+    *,
+    backend: Backend | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Process one shard to completion; safe to call again after any interruption."""
+    if isinstance(spec, dict):
+        spec = ShardSpec.from_json(spec)
+    return asyncio.run(_run_shard(spec, config, backend, on_progress))
+
+
+async def _run_shard(
+    spec: ShardSpec,
+    config: JobConfig,
+    backend: Backend | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    own_backend = backend is None
+    backend = backend or make_backend(config)
+    try:
+        worker = ShardWorker(
+            spec.shard_id,
+            spec.units,
+            config,
+            backend,
+            OutputStore(config.output),
+            source_options(config),
+            chunk_settings(config, backend),
+            on_progress=on_progress,
+        )
+        report = await worker.run()
+    finally:
+        if own_backend:
+            await backend.aclose()
+    store = OutputStore(config.output)
+    store.write_json(f"_state/reports/{config.run_id}/{spec.shard_id}.json", report.to_json())
+    return report.to_json()
+
+
+def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge shard reports into ``OUTPUT/report.json`` and return it."""
+    report = RunReport.merge(
+        [ShardReport.from_json(r) for r in shard_reports],
+        run_id=config.run_id,
+        config=config.public_dict(),
+        pipeline_version=PIPELINE_VERSION,
+        price_per_million_chars=config.price_per_million_chars,
+    )
+    data = report.to_json()
+    OutputStore(config.output).write_json("report.json", data)
+    return data
+
+
+def dry_run(config: JobConfig) -> dict[str, Any]:
+    """Count what a run would send (documents, characters) and what it would cost."""
+    from pipeline.sources import read_source
+
+    docs = chars = rejected = 0
+    for batch in read_source(config.source, source_options(config)):
+        docs += len(batch.documents)
+        rejected += len(batch.failures)
+        chars += sum(len(d.text) for d in batch.documents)
+    return {
+        "documents": docs,
+        "rejected": rejected,
+        "characters": chars,
+        "estimated_cost": estimate_cost(chars, config.price_per_million_chars),
+    }
+
+
+@dataclass
+class RunResult:
+    report: dict[str, Any]
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run(
+    config: JobConfig,
+    *,
+    on_plan: Callable[[list[ShardSpec]], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> RunResult:
+    """plan → every shard in turn → commit, in this process."""
+    started = time.monotonic()
+    specs = plan(config)
+    if on_plan:
+        on_plan(specs)
+    backend = make_backend(config)
+    reports = []
+    try:
+        for spec in specs:
+            reports.append(asyncio.run(_run_shard(spec, config, backend, on_progress)))
+    finally:
+        asyncio.run(backend.aclose())
+    return RunResult(commit(config, reports), reports, time.monotonic() - started)
+
+
+__all__ = [
+    "PipelineError",
+    "RunResult",
+    "ShardSpec",
+    "commit",
+    "dry_run",
+    "plan",
+    "run",
+    "run_shard",
+]

@@ -1,0 +1,142 @@
+"""Where outputs go: a local directory or any pyarrow / fsspec filesystem URI.
+
+Every write is atomic for readers. Locally a file is written under a hidden temporary
+name (``.NAME.tmp``, which never matches ``*.parquet``) and renamed; on object storage a
+single PUT (or a multipart upload completed on close) makes the object appear whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.errors import ConfigError
+
+
+def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str, bool]:
+    """(filesystem, base path inside it, is_local) for a path or URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri), True
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, ValueError) as exc:
+        try:
+            import fsspec  # optional: oci://, gs:// and friends come through fsspec
+
+            ffs, _, paths = fsspec.get_fs_token_paths(uri)
+            handler = pafs.FSSpecHandler(ffs)
+            return pafs.PyFileSystem(handler), paths[0].rstrip("/"), False
+        except Exception:
+            raise ConfigError(f"output {uri}: unsupported URI ({exc})") from None
+    return fs, path.rstrip("/"), isinstance(fs, pafs.LocalFileSystem)
+
+
+class OutputStore:
+    """Relative paths under one output root, with atomic writes."""
+
+    def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None) -> None:
+        self.uri = uri
+        if filesystem is not None:
+            self.fs, self.root = filesystem, uri.split("://", 1)[-1].rstrip("/")
+            self.local = isinstance(filesystem, pafs.LocalFileSystem)
+        else:
+            self.fs, self.root, self.local = resolve_filesystem(uri)
+
+    def path(self, rel: str) -> str:
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def display(self, rel: str) -> str:
+        return posixpath.join(self.uri.rstrip("/"), rel)
+
+    # ------------------------------------------------------------------ writes
+
+    def _ensure_dir(self, rel: str) -> None:
+        if self.local:
+            os.makedirs(self.path(posixpath.dirname(rel)), exist_ok=True)
+
+    def temp_name(self, rel: str) -> str:
+        """The hidden name a file is staged under before it is committed (local only)."""
+        if not self.local:
+            return rel
+        head, tail = posixpath.split(rel)
+        return posixpath.join(head, f".{tail}.tmp")
+
+    def stage_parquet(self, rel: str, table: pa.Table, metadata: dict[str, str]) -> int:
+        """Write ``table`` so that it can be committed with ``publish``; returns bytes written.
+
+        Locally the file lands under its hidden temporary name; on object storage it is
+        written to its final key in one upload (object stores have no cheap rename).
+        """
+        self._ensure_dir(rel)
+        schema_meta = dict(table.schema.metadata or {})
+        schema_meta.update({k.encode(): v.encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(schema_meta)
+        target = self.path(self.temp_name(rel))
+        with self.fs.open_output_stream(target) as sink:
+            pq.write_table(table, sink, compression="zstd")
+        if self.local:
+            with open(target, "rb+") as fh:
+                os.fsync(fh.fileno())
+        info = self.fs.get_file_info(target)
+        return int(info.size or 0)
+
+    def publish(self, rel: str) -> None:
+        """Make a staged file visible under its final name (idempotent)."""
+        if not self.local:
+            return
+        tmp = self.path(self.temp_name(rel))
+        if os.path.exists(tmp):
+            os.replace(tmp, self.path(rel))
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        data = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        self._ensure_dir(rel)
+        if self.local:
+            final = self.path(rel)
+            tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        else:
+            with self.fs.open_output_stream(self.path(rel)) as sink:
+                sink.write(data)
+
+    # ------------------------------------------------------------------ reads
+
+    def read_json(self, rel: str) -> Any:
+        with self.fs.open_input_stream(self.path(rel)) as src:
+            return orjson.loads(src.read())
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def list(self, rel_dir: str) -> list[str]:
+        """Names (not paths) of the files directly in ``rel_dir``; [] if it does not exist."""
+        selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True)
+        return sorted(
+            posixpath.basename(i.path)
+            for i in self.fs.get_file_info(selector)
+            if i.type == pafs.FileType.File
+        )
+
+    def list_dirs(self, rel_dir: str) -> list[str]:
+        selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True)
+        return sorted(
+            posixpath.basename(i.path)
+            for i in self.fs.get_file_info(selector)
+            if i.type == pafs.FileType.Directory
+        )
+
+    def delete(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path(rel))

@@ -1,0 +1,78 @@
+"""Settings of a source and the unit of work a source is split into.
+
+Kept apart from the readers so every module of the package (and callers that only plan
+shards) can import them without pulling in Parquet or HTML code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import ConfigError
+
+#: Parquet files are recognised by name; content sniffing would cost a read per file.
+PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".parq", ".pq")
+PLAIN_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".rst", ".text")
+HTML_SUFFIXES: tuple[str, ...] = (".html", ".htm")
+JSON_SUFFIXES: tuple[str, ...] = (".json",)
+JSONL_SUFFIXES: tuple[str, ...] = (".jsonl",)
+DOCUMENT_SUFFIXES: tuple[str, ...] = (
+    PLAIN_SUFFIXES + HTML_SUFFIXES + JSON_SUFFIXES + JSONL_SUFFIXES
+)
+GZIP_SUFFIX = ".gz"
+
+#: Target size of a Parquet unit. Units are whole row groups, so a single row group larger
+#: than this stays one unit (splitting inside a row group would decode it more than once).
+ROWS_PER_UNIT = 50_000
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read a source. Column names apply to Parquet; the ``json_*`` fields to
+    ``.json`` / ``.jsonl`` files of a directory source (the title, uri, updated_at and
+    passthrough names are looked up in JSON objects too, when present)."""
+
+    id_column: str = "doc_id"
+    text_column: str = "text"
+    title_column: str | None = "title"  # used when present
+    uri_column: str | None = "uri"
+    updated_at_column: str | None = "updated_at"
+    passthrough: tuple[str, ...] = ()  # extra columns copied into Document.extra
+    json_text_field: str = "text"  # for .json / .jsonl files in a directory
+    json_id_field: str | None = None  # for .jsonl: id field; default "<file path>#<line no>"
+    batch_size: int = 256  # documents per yielded batch
+    max_doc_chars: int = 50_000_000  # larger documents are rejected with a Failure
+    glob: str | None = None  # directory source: only files matching this pattern
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_doc_chars < 1:
+            raise ConfigError(f"max_doc_chars must be at least 1, got {self.max_doc_chars}")
+        if not self.id_column:
+            raise ConfigError("id_column must not be empty")
+        if not self.text_column:
+            raise ConfigError("text_column must not be empty")
+        if not self.json_text_field:
+            raise ConfigError("json_text_field must not be empty")
+
+
+@dataclass(frozen=True)
+class SourceUnit:
+    """One shard-able unit of a source: a file, or a row range of a Parquet file.
+
+    ``path`` is the file as the filesystem sees it. For a source given as a URI with a
+    scheme (``s3://…``) and no explicit filesystem, ``path`` keeps the scheme so that
+    :func:`read_unit` can find the filesystem again on another worker; with an explicit
+    filesystem, pass the same filesystem to ``read_unit``. Local paths are absolute.
+
+    ``root`` (document files only) is the directory that ``doc_id`` is relative to;
+    ``None`` means the file's own directory.
+    """
+
+    path: str  # path or URI of the file
+    kind: str  # "parquet" | "file"
+    row_start: int = 0
+    row_end: int | None = None  # None = to the end (parquet only)
+    size: int = 0  # bytes (for shard balancing)
+    root: str | None = None

@@ -1,0 +1,242 @@
+"""Parquet sources: planning row-range units from file footers and reading them in bounded
+record batches.
+
+Only the footer is read to plan, and only the needed columns of the unit's row groups,
+``batch_size`` rows at a time, to read: memory does not grow with the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.errors import SourceError
+from pipeline.models import Document, SourceBatch
+from pipeline.sources.location import FoundFile
+from pipeline.sources.options import ROWS_PER_UNIT, SourceOptions, SourceUnit
+from pipeline.sources.validate import Validator, coerce_datetime, optional_str
+
+_MAX_COLUMNS_IN_MESSAGE = 40
+
+
+def _base_type(dtype: pa.DataType) -> pa.DataType:
+    return dtype.value_type if pa.types.is_dictionary(dtype) else dtype
+
+
+def _is_text_type(dtype: pa.DataType) -> bool:
+    dtype = _base_type(dtype)
+    return bool(
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_string_view(dtype)
+        or pa.types.is_binary(dtype)
+        or pa.types.is_large_binary(dtype)
+        or pa.types.is_binary_view(dtype)
+        or pa.types.is_fixed_size_binary(dtype)
+    )
+
+
+def _is_id_type(dtype: pa.DataType) -> bool:
+    return _is_text_type(dtype) or pa.types.is_integer(_base_type(dtype))
+
+
+def check_schema(schema: pa.Schema, options: SourceOptions, named: str) -> None:
+    """Raise :class:`SourceError` unless ``schema`` has usable id, text and passthrough
+    columns. ``named`` introduces the file in the message ("source data/x.parquet")."""
+    names = schema.names
+    shown = ", ".join(names[:_MAX_COLUMNS_IN_MESSAGE])
+    if len(names) > _MAX_COLUMNS_IN_MESSAGE:
+        shown += f", … ({len(names)} in all)"
+    required = [
+        (options.id_column, "--id-column"),
+        (options.text_column, "--text-column"),
+    ] + [(name, "--passthrough") for name in options.passthrough]
+    for column, flag in required:
+        if column not in names:
+            hint = f"set {flag}" if flag != "--passthrough" else f"check {flag}"
+            raise SourceError(f"{named} has no column {column!r} (columns: {shown}); {hint}")
+    id_type = schema.field(options.id_column).type
+    if not _is_id_type(id_type):
+        raise SourceError(
+            f"{named}: id column {options.id_column!r} has type {id_type}; "
+            "expected a string or integer column"
+        )
+    text_type = schema.field(options.text_column).type
+    if not _is_text_type(text_type):
+        raise SourceError(
+            f"{named}: text column {options.text_column!r} has type {text_type}; "
+            "expected a string or binary column"
+        )
+
+
+def _open_error(named: str, exc: Exception) -> SourceError:
+    return SourceError(f"{named} cannot be read as Parquet: {exc}")
+
+
+def plan_file(
+    fs: pafs.FileSystem, found: FoundFile, unit_path: str, options: SourceOptions, named: str
+) -> list[SourceUnit]:
+    """Units of one Parquet file: consecutive row groups of up to about ``ROWS_PER_UNIT``
+    rows each. A file without rows is still one (empty) unit, so that it shows in plans.
+
+    Raises :class:`SourceError` (introduced by ``named``) when the footer cannot be read
+    or the schema lacks a needed column.
+    """
+    try:
+        with fs.open_input_file(found.path) as handle:
+            meta = pq.ParquetFile(handle).metadata
+            schema = meta.schema.to_arrow_schema()
+    except (pa.ArrowException, OSError) as exc:
+        raise _open_error(named, exc) from exc
+    check_schema(schema, options, named)
+    total = meta.num_rows
+    if total == 0:
+        return [SourceUnit(unit_path, "parquet", 0, 0, found.size)]
+    units: list[SourceUnit] = []
+    start = end = 0
+    for index in range(meta.num_row_groups):
+        rows = meta.row_group(index).num_rows
+        if end > start and end - start + rows > ROWS_PER_UNIT:
+            units.append(_unit(unit_path, start, end, total, found.size))
+            start = end
+        end += rows
+    if end > start:
+        units.append(_unit(unit_path, start, end, total, found.size))
+    return units
+
+
+def _unit(path: str, start: int, end: int, total: int, size: int) -> SourceUnit:
+    # Bytes are shared out by rows: close enough for balancing, and needs no more reads.
+    share = round(size * (end - start) / total) if total else size
+    return SourceUnit(path, "parquet", start, end, share)
+
+
+def _values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
+    # Nanosecond temporal values cannot become datetime objects without pandas.
+    dtype = column.type
+    if (
+        pa.types.is_timestamp(dtype) or pa.types.is_time64(dtype) or pa.types.is_duration(dtype)
+    ) and dtype.unit == "ns":
+        if pa.types.is_timestamp(dtype):
+            target: pa.DataType = pa.timestamp("us", dtype.tz)
+        elif pa.types.is_duration(dtype):
+            target = pa.duration("us")
+        else:
+            target = pa.time64("us")
+        column = column.cast(target, safe=False)
+    return column.to_pylist()
+
+
+def _row_groups(meta: pq.FileMetaData, start: int, end: int) -> tuple[list[int], int]:
+    """Indices of the row groups overlapping ``[start, end)`` and the first one's row."""
+    groups: list[int] = []
+    first_row = -1
+    offset = 0
+    for index in range(meta.num_row_groups):
+        rows = meta.row_group(index).num_rows
+        if offset < end and offset + rows > start:
+            if first_row < 0:
+                first_row = offset
+            groups.append(index)
+        offset += rows
+    return groups, max(first_row, 0)
+
+
+def read_parquet_unit(
+    fs: pafs.FileSystem,
+    fs_path: str,
+    unit: SourceUnit,
+    options: SourceOptions,
+    validator: Validator,
+) -> Iterator[SourceBatch]:
+    """Yield the unit's rows as batches of at most ``options.batch_size`` documents.
+
+    Row numbers in failures are 0-based row indices within the file. Raises
+    :class:`SourceError` when the file cannot be opened or lacks the id/text columns.
+    """
+    named = f"source file {unit.path}"
+    try:
+        handle = fs.open_input_file(fs_path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _open_error(named, exc) from exc
+    with handle:
+        try:
+            pf = pq.ParquetFile(handle)
+        except (pa.ArrowException, OSError) as exc:
+            raise _open_error(named, exc) from exc
+        schema = pf.schema_arrow
+        check_schema(schema, options, named)
+        total = pf.metadata.num_rows
+        start = max(unit.row_start, 0)
+        end = total if unit.row_end is None else min(unit.row_end, total)
+        if start >= end:
+            return
+        groups, row = _row_groups(pf.metadata, start, end)
+        wanted = _columns(schema.names, options)
+        try:
+            for batch in pf.iter_batches(
+                batch_size=options.batch_size, row_groups=groups, columns=wanted
+            ):
+                first = row
+                row += batch.num_rows
+                lo, hi = max(start - first, 0), min(end - first, batch.num_rows)
+                if lo >= hi:
+                    continue
+                if lo > 0 or hi < batch.num_rows:
+                    batch = batch.slice(lo, hi - lo)
+                out = _convert(batch, first + lo, unit.path, options, validator)
+                if out.documents or out.failures:
+                    yield out
+        except (pa.ArrowException, OSError) as exc:
+            raise SourceError(f"{named}: reading failed near row {row}: {exc}") from exc
+
+
+def _columns(names: Sequence[str], options: SourceOptions) -> list[str]:
+    wanted = [options.id_column, options.text_column]
+    for optional in (options.title_column, options.uri_column, options.updated_at_column):
+        if optional and optional in names:
+            wanted.append(optional)
+    wanted.extend(options.passthrough)
+    # A column may play two parts (e.g. passthrough of the id); read it once.
+    return list(dict.fromkeys(wanted))
+
+
+def _convert(
+    batch: pa.RecordBatch, first_row: int, path: str, options: SourceOptions, validator: Validator
+) -> SourceBatch:
+    columns = {name: _values(batch.column(name)) for name in batch.schema.names}
+    ids = columns[options.id_column]
+    texts = columns[options.text_column]
+    titles = columns.get(options.title_column or "")
+    uris = columns.get(options.uri_column or "")
+    stamps = columns.get(options.updated_at_column or "")
+    id_label = f"column {options.id_column!r}"
+    out = SourceBatch(documents=[])
+    for i in range(batch.num_rows):
+        row = first_row + i
+        checked = validator.check(
+            ids[i],
+            texts[i],
+            where=f"row {row} of {path}",
+            source=f"{path}#row={row}",
+            id_label=id_label,
+        )
+        if not isinstance(checked, tuple):
+            out.failures.append(checked)
+            continue
+        doc_id, text = checked
+        out.documents.append(
+            Document(
+                doc_id=doc_id,
+                text=text,
+                title=optional_str(titles[i]) if titles is not None else None,
+                uri=optional_str(uris[i]) if uris is not None else None,
+                updated_at=coerce_datetime(stamps[i]) if stamps is not None else None,
+                extra={name: columns[name][i] for name in options.passthrough},
+            )
+        )
+    return out

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.chunking import ChunkSettings, chunk_document
+from pipeline.genai.hashembed import RegexTokenCounter
+from pipeline.genai.local import MiniLMTokenCounter
+from pipeline.models import Document
+
+PROSE = (json.__doc__ or "") * 3 + "\n\n" + (pytest.__doc__ or "A second paragraph of text.")
+
+
+@pytest.fixture(scope="module")
+def minilm() -> MiniLMTokenCounter:
+    return MiniLMTokenCounter()
+
+
+def _check(doc: Document, chunks: list, counter, settings: ChunkSettings) -> None:
+    assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
+    for c in chunks:
+        assert doc.text[c.char_start : c.char_end] == c.text
+        # the limit holds by the counter's own measure of the chunk text
+        measured = len(counter.spans(c.text)) + counter.special_tokens
+        assert measured == c.token_count <= settings.max_tokens
+    # consecutive chunks overlap or touch: no text between them is lost
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert b.char_start <= a.char_end
+        assert b.char_start > a.char_start
+
+
+def test_short_document_is_one_chunk(minilm: MiniLMTokenCounter) -> None:
+    doc = Document("d1", "A short note.")
+    chunks = list(chunk_document(doc, minilm, ChunkSettings(64, 8)))
+    assert len(chunks) == 1
+    assert chunks[0].text == "A short note."
+    assert chunks[0].token_count == len(minilm.spans("A short note.")) + 2
+
+
+def test_long_document_chunks_fit_and_cover(minilm: MiniLMTokenCounter) -> None:
+    doc = Document("d2", PROSE)
+    settings = ChunkSettings(max_tokens=64, overlap=8)
+    chunks = list(chunk_document(doc, minilm, settings))
+    assert len(chunks) > 5
+    _check(doc, chunks, minilm, settings)
+    assert chunks[0].char_start == 0
+    assert doc.text[chunks[-1].char_end :].strip() == ""
+
+
+def test_chunk_ids_are_stable_and_depend_on_text_and_settings(minilm: MiniLMTokenCounter) -> None:
+    doc = Document("d3", PROSE)
+    a = [c.chunk_id for c in chunk_document(doc, minilm, ChunkSettings(64, 8))]
+    b = [c.chunk_id for c in chunk_document(doc, minilm, ChunkSettings(64, 8))]
+    c = [c.chunk_id for c in chunk_document(doc, minilm, ChunkSettings(96, 8))]
+    d = [c.chunk_id for c in chunk_document(Document("d3", PROSE + " More."), minilm,
+                                            ChunkSettings(64, 8))]
+    assert a == b
+    assert len(set(a)) == len(a)
+    assert not set(a) & set(c)
+    assert not set(a) & set(d)
+
+
+def test_overlap_repeats_tokens(minilm: MiniLMTokenCounter) -> None:
+    doc = Document("d4", " ".join(f"word{i}" for i in range(400)))
+    with_overlap = list(chunk_document(doc, minilm, ChunkSettings(64, 16)))
+    without = list(chunk_document(doc, minilm, ChunkSettings(64, 0)))
+    assert len(with_overlap) > len(without)
+    assert all(b.char_start < a.char_end for a, b in zip(with_overlap, with_overlap[1:],
+                                                          strict=False))
+
+
+def test_one_long_line_and_segments(minilm: MiniLMTokenCounter) -> None:
+    # 100,000 characters on one line, longer than one tokenizer segment
+    text = ("lorem ipsum dolor sit amet " * 4000)[:100_000]
+    doc = Document("line", text)
+    settings = ChunkSettings(256, 32)
+    chunks = list(chunk_document(doc, minilm, settings))
+    _check(doc, chunks, minilm, settings)
+    assert chunks[-1].char_end >= len(text.rstrip()) - 1
+
+
+def test_regex_counter_document_of_2mb() -> None:
+    counter = RegexTokenCounter()
+    text = ("The quick brown fox jumps over the lazy dog. " * 50_000)
+    doc = Document("big", text)
+    settings = ChunkSettings(256, 16)
+    chunks = list(chunk_document(doc, counter, settings))
+    _check(doc, chunks, counter, settings)
+    assert len(chunks) > 2000
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        ChunkSettings(64, 40)
+    with pytest.raises(ValueError, match="max_tokens"):
+        ChunkSettings(4, 0)
