@@ -65,7 +65,7 @@ class _Wait:
     """Jittered exponential back-off, but never shorter than a server's Retry-After."""
 
     def __init__(self) -> None:
-        self._exp = wait_exponential_jitter(initial=0.5, max=30.0, jitter=1.0)
+        self._exp = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=1.0)
 
     def __call__(self, state: RetryCallState) -> float:
         delay = float(self._exp(state))

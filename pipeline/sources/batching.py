@@ -43,8 +43,10 @@ def rebatch(batches: Iterable[SourceBatch], size: int) -> Iterator[SourceBatch]:
     """Merge small batches (one document per file, say) into batches of ``size``
     documents; never yields more than ``size`` documents in one batch."""
     batcher = Batcher(size)
+    items: list[Document | Failure]
     for batch in batches:
-        for item in (*batch.documents, *batch.failures):
+        items = [*batch.documents, *batch.failures]
+        for item in items:
             full = batcher.add(item)
             if full is not None:
                 yield full

@@ -147,10 +147,16 @@ def join(prefix: str, path: str) -> str:
 
 
 def relative(path: str, root: str) -> str:
-    """``path`` relative to ``root`` with POSIX separators; the base name if outside."""
-    path = path.replace(os.sep, "/")
-    root = root.replace(os.sep, "/").rstrip("/")
-    if root and path.startswith(root + "/"):
+    """``path`` relative to ``root`` with POSIX separators; the base name if outside.
+
+    Leading slashes are ignored: some filesystems (fsspec's memory one) list
+    ``/bucket/x`` under a root given as ``bucket``.
+    """
+    path = path.replace(os.sep, "/").lstrip("/")
+    root = root.replace(os.sep, "/").strip("/")
+    if not root:
+        return path
+    if path.startswith(root + "/"):
         return path[len(root) + 1 :]
     return posixpath.basename(path)
 

@@ -16,9 +16,7 @@ PLAIN_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".rst", ".text")
 HTML_SUFFIXES: tuple[str, ...] = (".html", ".htm")
 JSON_SUFFIXES: tuple[str, ...] = (".json",)
 JSONL_SUFFIXES: tuple[str, ...] = (".jsonl",)
-DOCUMENT_SUFFIXES: tuple[str, ...] = (
-    PLAIN_SUFFIXES + HTML_SUFFIXES + JSON_SUFFIXES + JSONL_SUFFIXES
-)
+DOCUMENT_SUFFIXES: tuple[str, ...] = PLAIN_SUFFIXES + HTML_SUFFIXES + JSON_SUFFIXES + JSONL_SUFFIXES
 GZIP_SUFFIX = ".gz"
 
 #: Target size of a Parquet unit. Units are whole row groups, so a single row group larger

@@ -1,0 +1,159 @@
+"""Document sources: from a source URI to bounded batches of validated documents.
+
+A source is a Parquet file, a directory holding a Parquet dataset, a glob of files
+(``data/*.parquet``), or a directory of documents (.txt, .md, .rst, .text, .html, .htm,
+.json, .jsonl, each optionally .gz). :func:`list_units` plans it into shard-able units
+(files, or row ranges of Parquet files); :func:`read_unit` reads one unit in batches of at
+most ``batch_size`` documents plus a :class:`Failure` for every rejected input;
+:func:`read_source` reads them all, with duplicate ids detected across the whole source.
+
+A directory holding any Parquet file is a Parquet dataset: only its Parquet files are
+read. Names starting with ``.`` are skipped everywhere, and names starting with ``_``
+(``_SUCCESS``, ``_metadata``) in Parquet datasets.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from pipeline.errors import SourceError
+from pipeline.models import SourceBatch
+from pipeline.sources.batching import rebatch
+from pipeline.sources.files import read_file_unit
+from pipeline.sources.location import (
+    FoundFile,
+    compile_glob,
+    fs_for_unit,
+    is_hidden,
+    join,
+    list_files,
+    matches,
+    resolve,
+)
+from pipeline.sources.options import (
+    DOCUMENT_SUFFIXES,
+    GZIP_SUFFIX,
+    PARQUET_SUFFIXES,
+    SourceOptions,
+    SourceUnit,
+)
+from pipeline.sources.parquet import plan_file, read_parquet_unit
+from pipeline.sources.validate import Validator
+
+__all__ = ["SourceOptions", "SourceUnit", "list_units", "read_source", "read_unit"]
+
+
+def _is_document(rel: str) -> bool:
+    name = rel.lower()
+    if name.endswith(GZIP_SUFFIX):
+        name = name[: -len(GZIP_SUFFIX)]
+    return name.endswith(DOCUMENT_SUFFIXES)
+
+
+def _find(
+    uri: str, fs: pafs.FileSystem, path: str, pattern: str | None
+) -> tuple[list[FoundFile], str, bool]:
+    """``(files, root, single)``: the files the URI names, the directory their relative
+    paths start from, and whether the URI named one file."""
+    info = fs.get_file_info(path)
+    if pattern is None:
+        if info.type == pafs.FileType.NotFound:
+            raise SourceError(f"source {uri} does not exist")
+        if info.type == pafs.FileType.File:
+            name = posixpath.basename(path)
+            return [FoundFile(path, name, info.size or 0)], posixpath.dirname(path), True
+        return list_files(fs, path), path, False
+    if info.type != pafs.FileType.Directory:
+        raise SourceError(f"source {uri} does not exist: no directory {path}")
+    regex = compile_glob(pattern)
+    deep = "/" in pattern or "**" in pattern
+    found = [f for f in list_files(fs, path, recursive=deep) if regex.match(f.rel)]
+    return found, path, False
+
+
+def list_units(uri: str, options: SourceOptions, *, filesystem: object = None) -> list[SourceUnit]:
+    """Resolve ``uri`` to a sorted, deterministic list of units.
+
+    ``uri`` is a path, a glob or a URI with a scheme (read with
+    ``pyarrow.fs.FileSystem.from_uri``); ``filesystem`` may be a pyarrow or fsspec
+    filesystem to read it with instead. Parquet files are checked up front (footer only)
+    and split into units of whole row groups of about 50,000 rows at most.
+
+    Raises :class:`SourceError` naming the URI when it does not exist, holds no usable
+    file, or a Parquet file lacks the id, text or a passthrough column.
+    """
+    loc = resolve(uri, filesystem)
+    try:
+        files, root, single = _find(uri, loc.fs, loc.path, loc.pattern)
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"source {uri} cannot be listed: {exc}") from exc
+    if options.glob and not single:
+        files = [f for f in files if matches(options.glob, f.rel)]
+    parquet = [
+        f
+        for f in files
+        if f.rel.lower().endswith(PARQUET_SUFFIXES) and (single or not is_hidden(f.rel, "._"))
+    ]
+    units: list[SourceUnit] = []
+    if parquet:
+        for found in parquet:
+            unit_path = join(loc.prefix, found.path)
+            named = f"source {uri}" if single else f"source {uri}: file {unit_path}"
+            units.extend(plan_file(loc.fs, found, unit_path, options, named))
+    else:
+        # Files picked by name (the URI itself, its glob, options.glob) are read whatever
+        # their extension; a plain directory listing keeps only known document types.
+        explicit = single or loc.pattern is not None or options.glob is not None
+        unit_root = join(loc.prefix, root)
+        units = [
+            SourceUnit(join(loc.prefix, f.path), "file", size=f.size, root=unit_root)
+            for f in files
+            if (single or not is_hidden(f.rel, ".")) and (explicit or _is_document(f.rel))
+        ]
+    if not units:
+        wanted = ", ".join(PARQUET_SUFFIXES + DOCUMENT_SUFFIXES)
+        selected = f" matching glob {options.glob!r}" if options.glob else ""
+        raise SourceError(
+            f"source {uri} has no usable files{selected} (looked for {wanted}, optionally .gz)"
+        )
+    units.sort(key=lambda u: (u.path, u.row_start))
+    return units
+
+
+def _read(
+    unit: SourceUnit, options: SourceOptions, filesystem: object, validator: Validator
+) -> Iterator[SourceBatch]:
+    fs, fs_path = fs_for_unit(unit.path, filesystem)
+    if unit.kind == "parquet":
+        yield from read_parquet_unit(fs, fs_path, unit, options, validator)
+    elif unit.kind == "file":
+        yield from read_file_unit(fs, fs_path, unit, options, validator)
+    else:
+        raise SourceError(f"unit {unit.path} has unknown kind {unit.kind!r}")
+
+
+def read_unit(
+    unit: SourceUnit, options: SourceOptions, *, filesystem: object = None
+) -> Iterator[SourceBatch]:
+    """Yield the unit's documents in batches of at most ``options.batch_size``, with a
+    :class:`Failure` for each rejected input. Duplicate ids are detected within the unit.
+
+    Pass the filesystem given to :func:`list_units`, if one was. Raises
+    :class:`SourceError` only when a Parquet unit cannot be read at all.
+    """
+    return _read(unit, options, filesystem, Validator(options))
+
+
+def read_source(
+    uri: str, options: SourceOptions, *, filesystem: object = None
+) -> Iterator[SourceBatch]:
+    """Every unit of ``uri`` in order, duplicate ids detected across the whole source
+    (the first wins), small batches of consecutive units merged up to ``batch_size``."""
+    units = list_units(uri, options, filesystem=filesystem)
+    validator = Validator(options)
+    batches = (b for unit in units for b in _read(unit, options, filesystem, validator))
+    return rebatch(batches, options.batch_size)
