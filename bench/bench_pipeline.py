@@ -52,8 +52,15 @@ def run_once(corpus: str, output: str, extra: list[str]) -> tuple[float, float, 
     shutil.rmtree(output, ignore_errors=True)
     cmd = [
         os.path.join(os.path.dirname(sys.executable), "oci-genai-batch"),
-        "run", "--source", corpus, "--output", output, "--backend", "hash",
-        "--no-progress", *extra,
+        "run",
+        "--source",
+        corpus,
+        "--output",
+        output,
+        "--backend",
+        "hash",
+        "--no-progress",
+        *extra,
     ]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -91,14 +98,20 @@ def main() -> None:
         c = report["counts"]
         rows.append((n, c.get("chunks_embedded", 0), seconds, peak_mb))
     print("backend=hash  (end to end, CLI process, includes start-up)")
-    print(f"{'documents':>10} {'chunks':>9} {'seconds':>8} {'chunks/s':>9} {'docs/s':>8} "
-          f"{'peak RSS MB':>12}")
+    print(
+        f"{'documents':>10} {'chunks':>9} {'seconds':>8} {'chunks/s':>9} {'docs/s':>8} "
+        f"{'peak RSS MB':>12}"
+    )
     for n, chunks, seconds, peak in rows:
-        print(f"{n:>10} {chunks:>9} {seconds:>8.1f} {chunks / seconds:>9.0f} {n / seconds:>8.0f} "
-              f"{peak:>12.0f}")
+        print(
+            f"{n:>10} {chunks:>9} {seconds:>8.1f} {chunks / seconds:>9.0f} {n / seconds:>8.0f} "
+            f"{peak:>12.0f}"
+        )
     if len(rows) >= 2:
-        print(f"peak RSS ratio {rows[-1][0]} vs {rows[0][0]} documents: "
-              f"{rows[-1][3] / rows[0][3]:.2f}x")
+        print(
+            f"peak RSS ratio {rows[-1][0]} vs {rows[0][0]} documents: "
+            f"{rows[-1][3] / rows[0][3]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

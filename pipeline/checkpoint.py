@@ -107,7 +107,7 @@ class Checkpoint:
         shards = [shard] if shard else self.store.list_dirs(COMMITS)
         out: list[CommitRecord] = []
         for s in shards:
-            for name in self.store.list(f"{COMMITS}/{s}"):
+            for name in self.store.list_files(f"{COMMITS}/{s}"):
                 if not name.endswith(".json"):
                     continue  # a torn temporary file from a kill: not a commit
                 out.append(CommitRecord.from_json(self.store.read_json(f"{COMMITS}/{s}/{name}")))
@@ -138,7 +138,7 @@ class Checkpoint:
         removed: list[str] = []
         prefix = f"part-{shard}-"
         for dataset in DATASETS:
-            for name in self.store.list(dataset):
+            for name in self.store.list_files(dataset):
                 bare = name[1:-4] if name.startswith(".") and name.endswith(".tmp") else name
                 rel = f"{dataset}/{name}"
                 if bare.startswith(prefix) and f"{dataset}/{bare}" not in committed:
@@ -147,7 +147,7 @@ class Checkpoint:
                 elif bare.startswith(prefix) and name != bare:
                     self.store.delete(rel)  # stale temp of a part published since
                     removed.append(rel)
-        for name in self.store.list(f"{COMMITS}/{shard}"):
+        for name in self.store.list_files(f"{COMMITS}/{shard}"):
             if name.endswith(".tmp"):
                 self.store.delete(f"{COMMITS}/{shard}/{name}")
         if removed:

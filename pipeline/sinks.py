@@ -120,7 +120,7 @@ class OutputStore:
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
-    def list(self, rel_dir: str) -> list[str]:
+    def list_files(self, rel_dir: str) -> list[str]:
         """Names (not paths) of the files directly in ``rel_dir``; [] if it does not exist."""
         selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True)
         return sorted(

@@ -168,8 +168,7 @@ class ShardWorker:
             )
             seq += 1
         if pending:
-            for task in asyncio.as_completed(pending):
-                await task
+            await asyncio.gather(*pending)
         self.report.calls.merge(caller.stats)
         self.report.seconds = time.monotonic() - started
         self.report.adaptive_cuts = budget.concurrency.cuts

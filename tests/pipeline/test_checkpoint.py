@@ -12,15 +12,23 @@ from pipeline.sinks import OutputStore
 
 def _record(shard: str, seq: int, files: dict[str, str]) -> CommitRecord:
     return CommitRecord(
-        shard=shard, seq=seq, run_id="r1", committed_at=f"2026-01-01T00:00:0{seq}",
-        embed_fp="fp", summary_fp=None, files=files, docs=[[f"doc{seq}", "h", OK, None]],
+        shard=shard,
+        seq=seq,
+        run_id="r1",
+        committed_at=f"2026-01-01T00:00:0{seq}",
+        embed_fp="fp",
+        summary_fp=None,
+        files=files,
+        docs=[[f"doc{seq}", "h", OK, None]],
     )
 
 
 def _parquet_files(root: str) -> list[str]:
     return sorted(
         os.path.relpath(os.path.join(d, f), root)
-        for d, _, fs in os.walk(root) for f in fs if f.endswith(".parquet")
+        for d, _, fs in os.walk(root)
+        for f in fs
+        if f.endswith(".parquet")
     )
 
 
@@ -39,8 +47,9 @@ def test_recover_removes_uncommitted_and_rolls_committed_forward(tmp_path) -> No
     committed = f"embeddings/{part_name('s1', 0)}"
     store.stage_parquet(committed, pa.table({"x": [1]}), {})
     # killed after the commit record, before the rename
-    store.write_json("_state/commits/s1/000000.json", _record("s1", 0, {"embeddings": committed})
-                     .to_json())
+    store.write_json(
+        "_state/commits/s1/000000.json", _record("s1", 0, {"embeddings": committed}).to_json()
+    )
     # killed before the commit record: staged only
     orphan = f"embeddings/{part_name('s1', 1)}"
     store.stage_parquet(orphan, pa.table({"x": [2]}), {})

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -25,7 +26,7 @@ def _check(doc: Document, chunks: list, counter, settings: ChunkSettings) -> Non
         measured = len(counter.spans(c.text)) + counter.special_tokens
         assert measured == c.token_count <= settings.max_tokens
     # consecutive chunks overlap or touch: no text between them is lost
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         assert b.char_start <= a.char_end
         assert b.char_start > a.char_start
 
@@ -53,8 +54,10 @@ def test_chunk_ids_are_stable_and_depend_on_text_and_settings(minilm: MiniLMToke
     a = [c.chunk_id for c in chunk_document(doc, minilm, ChunkSettings(64, 8))]
     b = [c.chunk_id for c in chunk_document(doc, minilm, ChunkSettings(64, 8))]
     c = [c.chunk_id for c in chunk_document(doc, minilm, ChunkSettings(96, 8))]
-    d = [c.chunk_id for c in chunk_document(Document("d3", PROSE + " More."), minilm,
-                                            ChunkSettings(64, 8))]
+    d = [
+        c.chunk_id
+        for c in chunk_document(Document("d3", PROSE + " More."), minilm, ChunkSettings(64, 8))
+    ]
     assert a == b
     assert len(set(a)) == len(a)
     assert not set(a) & set(c)
@@ -66,8 +69,7 @@ def test_overlap_repeats_tokens(minilm: MiniLMTokenCounter) -> None:
     with_overlap = list(chunk_document(doc, minilm, ChunkSettings(64, 16)))
     without = list(chunk_document(doc, minilm, ChunkSettings(64, 0)))
     assert len(with_overlap) > len(without)
-    assert all(b.char_start < a.char_end for a, b in zip(with_overlap, with_overlap[1:],
-                                                          strict=False))
+    assert all(b.char_start < a.char_end for a, b in itertools.pairwise(with_overlap))
 
 
 def test_one_long_line_and_segments(minilm: MiniLMTokenCounter) -> None:
@@ -82,7 +84,7 @@ def test_one_long_line_and_segments(minilm: MiniLMTokenCounter) -> None:
 
 def test_regex_counter_document_of_2mb() -> None:
     counter = RegexTokenCounter()
-    text = ("The quick brown fox jumps over the lazy dog. " * 50_000)
+    text = "The quick brown fox jumps over the lazy dog. " * 50_000
     doc = Document("big", text)
     settings = ChunkSettings(256, 16)
     chunks = list(chunk_document(doc, counter, settings))

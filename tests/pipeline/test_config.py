@@ -48,7 +48,7 @@ def test_yaml_with_overrides(tmp_path) -> None:
 def test_yaml_errors_name_the_file(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")
-    with pytest.raises(ConfigError, match="bad.yaml"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml"):
         JobConfig.from_yaml(str(bad))
     with pytest.raises(ConfigError, match="not found"):
         JobConfig.from_yaml(str(tmp_path / "missing.yaml"))

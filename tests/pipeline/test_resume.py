@@ -28,8 +28,21 @@ def _corpus(path: str, stdlib_docs: list[dict[str, str]]) -> str:
 
 
 def _cmd(src: str, out: str) -> list[str]:
-    return [CLI, "run", "--source", src, "--output", out, "--backend", "hash",
-            "--batch-docs", "25", "--no-progress", "--run-id", "r"]
+    return [
+        CLI,
+        "run",
+        "--source",
+        src,
+        "--output",
+        out,
+        "--backend",
+        "hash",
+        "--batch-docs",
+        "25",
+        "--no-progress",
+        "--run-id",
+        "r",
+    ]
 
 
 def _committed(out: str) -> tuple[int, int]:
@@ -48,7 +61,8 @@ def _committed(out: str) -> tuple[int, int]:
 
 def _rows(out: str) -> list[tuple[str, str, int]]:
     t = ds.dataset(os.path.join(out, "embeddings"), format="parquet").to_table(
-        columns=["doc_id", "chunk_id", "chunk_index"])
+        columns=["doc_id", "chunk_id", "chunk_index"]
+    )
     return sorted(zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True))
 
 
@@ -71,8 +85,9 @@ def test_kill_and_resume_loses_nothing_and_pays_once(tmp_path, stdlib_docs) -> N
     # kill once the run has committed this many parts (several instants through the run),
     # plus a small, varying delay so kills also land inside writes and commits
     for target, delay in ((1, 0.0), (20, 0.013), (45, 0.031), (80, 0.007)):
-        proc = subprocess.Popen(_cmd(src, out), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cmd(src, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 120
         while _committed(out)[0] < target and proc.poll() is None:
             assert time.monotonic() < deadline

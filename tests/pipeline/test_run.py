@@ -22,8 +22,7 @@ def _table(out: str, name: str) -> pa.Table:
 
 def test_outputs_follow_the_contract(tmp_path, small_corpus) -> None:
     out = str(tmp_path / "out")
-    result = run(JobConfig(source=small_corpus, output=out, backend="hash", dim=64,
-                           batch_docs=16))
+    result = run(JobConfig(source=small_corpus, output=out, backend="hash", dim=64, batch_docs=16))
     emb = _table(out, "embeddings")
     assert emb.schema.field("embedding").type == pa.list_(pa.float32(), 64)
     assert len(set(emb.column("doc_id").to_pylist())) == 60
@@ -52,8 +51,14 @@ def test_rerun_is_incremental(tmp_path, stdlib_docs) -> None:
     assert again.report["counts"]["documents_skipped"] == 40
     # one changed, one new: exactly those two cost calls
     rows[3]["text"] = str(rows[3]["text"]) + "\nA new closing sentence."
-    rows.append({"doc_id": "brand-new", "title": None, "uri": None,
-                 "text": "A document added since the last run."})
+    rows.append(
+        {
+            "doc_id": "brand-new",
+            "title": None,
+            "uri": None,
+            "text": "A document added since the last run.",
+        }
+    )
     write_corpus(src, rows)
     third = run(JobConfig(source=src, output=out, backend="hash"))
     assert third.report["counts"]["documents_skipped"] == 39
@@ -91,7 +96,7 @@ def test_outputs_readable_without_the_package(tmp_path, small_corpus) -> None:
     run(JobConfig(source=small_corpus, output=out, backend="hash", dim=32))
     code = f"""
 import sys, pyarrow.dataset as ds, duckdb
-t = ds.dataset({out + '/embeddings'!r}, format='parquet').to_table()
+t = ds.dataset({out + "/embeddings"!r}, format='parquet').to_table()
 assert t.schema.field('embedding').type.list_size == 32
 con = duckdb.connect()
 n = con.execute("select count(*), count(distinct doc_id), min(len(embedding)) "
@@ -101,8 +106,9 @@ assert not any(m == 'pipeline' or m.startswith('pipeline.') for m in sys.modules
 print(t.num_rows, n[0], n[1], n[2], s[0])
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=str(tmp_path), env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env
+    )
     assert res.returncode == 0, res.stderr
     rows, n, docs, dim, summaries = map(int, res.stdout.split())
     assert rows == n > 0 and docs == 60 and dim == 32 and summaries == 60
