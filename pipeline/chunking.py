@@ -102,7 +102,10 @@ def chunk_document(
                 j = _prefer_boundary(text, spans, i, j)
             start, end = spans[i][0], spans[j - 1][1]
             piece = text[start:end]
-            tokens = _count(counter, piece)
+            # the whole text in one chunk was measured as it is; any other slice is
+            # measured again on its own (a cut can tokenize differently at its edges)
+            whole = pos == 0 and final and i == 0 and j == len(spans)
+            tokens = j - i + counter.special_tokens if whole else _count(counter, piece)
             # re-measure on the chunk's own text: never exceed the limit
             while tokens > settings.max_tokens and j - i > 1:
                 j -= 1

@@ -233,13 +233,20 @@ class ShardWorker:
             chunks.extend(doc_chunks)
         # identical texts are sent once: within this part, and across recent parts
         unique: dict[str, int] = {}
+        # vectors this part will use, pinned here so the shared cache may evict freely
+        known: dict[str, tuple[np.ndarray, bool]] = {}
         texts: list[str] = []
         tokens: list[int] = []
         for c in chunks:
-            if c.text not in unique and c.text not in self._cache:
-                unique[c.text] = len(texts)
-                texts.append(c.text)
-                tokens.append(c.token_count)
+            if c.text in unique or c.text in known:
+                continue
+            cached = self._cache.get(c.text)
+            if cached is not None:
+                known[c.text] = cached
+                continue
+            unique[c.text] = len(texts)
+            texts.append(c.text)
+            tokens.append(c.token_count)
         self.report.add("chunks", len(chunks))
         self.report.add("chunks_deduplicated", len(chunks) - len(texts))
         results, failures = await caller.embed(texts, tokens)
@@ -247,7 +254,8 @@ class ShardWorker:
         for i, text in enumerate(texts):
             r = results[i]
             if r is not None:
-                self._remember(text, (r[0], r[1]))
+                known[text] = (r[0], r[1])
+                self._remember(text, known[text])
         now = datetime.now(UTC)
         model_version = next((r[2].model_version for r in results if r is not None), None)
         for doc_id, doc_chunks in by_doc.items():
@@ -255,7 +263,7 @@ class ShardWorker:
             doc_failures: list[Failure] = []
             transient = False
             for c in doc_chunks:
-                hit = self._cache.get(c.text)
+                hit = known.get(c.text)
                 if hit is None:
                     tf = failed_at.get(unique.get(c.text, -1))
                     err = tf.error if tf else GenAIError("no result for this chunk")

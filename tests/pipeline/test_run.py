@@ -112,3 +112,51 @@ print(t.num_rows, n[0], n[1], n[2], s[0])
     assert res.returncode == 0, res.stderr
     rows, n, docs, dim, summaries = map(int, res.stdout.split())
     assert rows == n > 0 and docs == 60 and dim == 32 and summaries == 60
+
+
+def test_directory_with_bad_files_and_a_20mb_document(tmp_path) -> None:
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "good.txt").write_text("A plain text document about rivers and lakes.\n")
+    (src / "notes.md").write_text("# Notes\n\nSome markdown notes about mountains.\n")
+    (src / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8)
+    (src / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e ".encode("latin-1") * 50)
+    big = "The quick brown fox jumps over the lazy dog. " * (20_000_000 // 45 + 1)
+    (src / "big.txt").write_text(big)
+    (src / "oneline.txt").write_text("lorem ipsum dolor " * 6000)
+    out = str(tmp_path / "out")
+    result = run(JobConfig(source=str(src), output=out, backend="hash", batch_docs=2))
+    fails = {f["doc_id"]: f["error_class"] for f in _table(out, "failures").to_pylist()}
+    assert fails == {"image.txt": "BinaryFile", "latin1.txt": "InvalidUtf8"}
+    emb = _table(out, "embeddings")
+    per_doc: dict[str, int] = {}
+    for d in emb.column("doc_id").to_pylist():
+        per_doc[d] = per_doc.get(d, 0) + 1
+    assert set(per_doc) == {"good.txt", "notes.md", "big.txt", "oneline.txt"}
+    assert per_doc["big.txt"] > 10_000  # every part of the 20 MB document is embedded
+    ends = emb.filter(pa.compute.equal(emb.column("doc_id"), "big.txt")).column("char_end")
+    assert max(ends.to_pylist()) >= len(big.rstrip()) - 1
+    assert result.report["counts"]["documents_completed"] == 4
+
+
+def test_identical_chunks_are_sent_once_and_every_row_is_written(
+    tmp_path, stdlib_docs, monkeypatch
+) -> None:
+    import pipeline.stage
+
+    monkeypatch.setattr(pipeline.stage, "_CACHE_ENTRIES", 40)  # force evictions
+    # 600 documents sharing long identical passages (copies of 30 texts): the cache of
+    # identical chunk texts across parts must never lose a vector it promised
+    rows = [
+        {"doc_id": f"copy-{i}", "text": f"{stdlib_docs[i % 30]['text']}\n\ncopy {i}"}
+        for i in range(600)
+    ]
+    src = write_corpus(str(tmp_path / "copies.parquet"), rows)
+    out = str(tmp_path / "out")
+    result = run(JobConfig(source=src, output=out, backend="hash", batch_docs=16,
+                           summaries=False))
+    c = result.report["counts"]
+    assert c["failures"] == 0
+    assert c["chunks_embedded"] == c["chunks"] == _table(out, "embeddings").num_rows
+    assert c["chunks_sent"] < c["chunks"]  # shared passages were embedded once
+    assert c["chunks_sent"] + c["chunks_deduplicated"] == c["chunks"]
