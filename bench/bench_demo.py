@@ -37,8 +37,9 @@ def main() -> None:
     out = os.path.join(work, "embed-only")
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    result = run(JobConfig(source=corpus, output=out, backend="local", summaries=False,
-                           progress=False))
+    result = run(
+        JobConfig(source=corpus, output=out, backend="local", summaries=False, progress=False)
+    )
     embed_seconds = time.perf_counter() - started
     chunks = result.report["counts"]["chunks_embedded"]
 
@@ -52,7 +53,8 @@ def main() -> None:
     full_seconds = time.perf_counter() - started
 
     pipe = chunks / embed_seconds
-    print(f"demo corpus: {n_docs} documents, {chunks} chunks (local backend, {os.cpu_count()} cores)")
+    cores = os.cpu_count()
+    print(f"demo corpus: {n_docs} documents, {chunks} chunks (local backend, {cores} cores)")
     print(f"{'measure':<44} {'value':>10}")
     print(f"{'pipeline embed only: chunks/s':<44} {pipe:>10.1f}")
     print(f"{'pipeline embed only: documents/s':<44} {n_docs / embed_seconds:>10.1f}")

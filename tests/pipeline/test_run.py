@@ -153,8 +153,7 @@ def test_identical_chunks_are_sent_once_and_every_row_is_written(
     ]
     src = write_corpus(str(tmp_path / "copies.parquet"), rows)
     out = str(tmp_path / "out")
-    result = run(JobConfig(source=src, output=out, backend="hash", batch_docs=16,
-                           summaries=False))
+    result = run(JobConfig(source=src, output=out, backend="hash", batch_docs=16, summaries=False))
     c = result.report["counts"]
     assert c["failures"] == 0
     assert c["chunks_embedded"] == c["chunks"] == _table(out, "embeddings").num_rows
