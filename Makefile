@@ -26,7 +26,7 @@ demo: $(STAMP) $(DEMO_CORPUS)
 	$(BIN)/oci-genai-batch run --source $(DEMO_CORPUS) --output out/demo --backend local
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline dags plugins tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy pipeline
 
 test: $(STAMP) lint
