@@ -30,6 +30,7 @@ AUTH_MODES = (
 _LENGTHS = ("SHORT", "MEDIUM", "LONG", "AUTO")
 _FORMATS = ("PARAGRAPH", "BULLETS", "AUTO")
 _EXTRACTIVENESS = ("LOW", "MEDIUM", "HIGH", "AUTO")
+_INPUT_TYPES = ("SEARCH_DOCUMENT", "SEARCH_QUERY", "CLASSIFICATION", "CLUSTERING")
 
 # Per backend: (embedding model, summary model, tokens per chunk incl. special tokens)
 _BACKEND_DEFAULTS: dict[str, tuple[str, str, int]] = {
@@ -86,6 +87,12 @@ class JobConfig:
     genai_endpoint: str | None = None
     os_endpoint: str | None = None
     region: str | None = None
+    input_type: str = "SEARCH_DOCUMENT"
+    truncate: str = "END"
+    output_dimensions: int | None = None
+    summary_api: str = "chat"  # chat | summarize_text
+    chat_format: str | None = None  # COHERE | GENERIC; None: by model id (cohere.* -> COHERE)
+    timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -118,6 +125,26 @@ class JobConfig:
                 f"chunk_overlap: must be between 0 and {limit // 2 - 1} for chunks of"
                 f" {limit} tokens, got {self.chunk_overlap}"
             )
+        for name, value, allowed in (
+            ("input_type", self.input_type, _INPUT_TYPES),
+            ("truncate", self.truncate, ("NONE", "START", "END")),
+            ("summary_api", self.summary_api, ("chat", "summarize_text")),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        if self.chat_format is not None and self.chat_format not in ("COHERE", "GENERIC"):
+            raise ConfigError(f"chat_format: {self.chat_format!r} is not one of COHERE, GENERIC")
+        if self.output_dimensions is not None and self.output_dimensions not in (
+            256,
+            512,
+            1024,
+            1536,
+        ):
+            raise ConfigError(
+                f"output_dimensions: {self.output_dimensions} is not one of 256, 512, 1024, 1536"
+            )
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s: must be positive, got {self.timeout_s}")
         if self.max_cost is not None and self.max_cost < 0:
             raise ConfigError(f"max_cost: must not be negative, got {self.max_cost}")
 
