@@ -103,13 +103,6 @@ class JobConfig:
             raise ConfigError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.auth not in AUTH_MODES:
             raise ConfigError(f"auth: {self.auth!r} is not one of {', '.join(AUTH_MODES)}")
-        for name, value, allowed in (
-            ("summary_length", self.summary_length, _LENGTHS),
-            ("summary_format", self.summary_format, _FORMATS),
-            ("summary_extractiveness", self.summary_extractiveness, _EXTRACTIVENESS),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
         for name in ("batch_docs", "shards", "max_in_flight", "max_attempts", "dim"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
@@ -125,11 +118,15 @@ class JobConfig:
                 f"chunk_overlap: must be between 0 and {limit // 2 - 1} for chunks of"
                 f" {limit} tokens, got {self.chunk_overlap}"
             )
-        for name, value, allowed in (
+        choices: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+            ("summary_length", self.summary_length, _LENGTHS),
+            ("summary_format", self.summary_format, _FORMATS),
+            ("summary_extractiveness", self.summary_extractiveness, _EXTRACTIVENESS),
             ("input_type", self.input_type, _INPUT_TYPES),
             ("truncate", self.truncate, ("NONE", "START", "END")),
             ("summary_api", self.summary_api, ("chat", "summarize_text")),
-        ):
+        )
+        for name, value, allowed in choices:
             if value not in allowed:
                 raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
         if self.chat_format is not None and self.chat_format not in ("COHERE", "GENERIC"):

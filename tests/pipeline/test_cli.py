@@ -1,0 +1,78 @@
+"""The command as a user runs it: exit codes, one clear message, the summary table."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.conftest import CLI, write_corpus
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_run_prints_summary_and_outputs(tmp_path, stdlib_docs) -> None:
+    src = write_corpus(str(tmp_path / "d.parquet"), stdlib_docs[:20])
+    res = _cli("run", "--source", src, "--output", str(tmp_path / "o"), "--backend", "hash")
+    assert res.returncode == 0, res.stderr
+    assert "documents read" in res.stdout and "20" in res.stdout
+    assert "progress: 20/20 documents" in res.stderr  # plain log lines off a terminal
+    again = _cli("run", "--source", src, "--output", str(tmp_path / "o"), "--backend", "hash")
+    line = next(x for x in again.stdout.splitlines() if "skipped" in x)
+    assert line.split()[-1] == "20"
+
+
+def test_missing_source_exits_2_with_one_message(tmp_path) -> None:
+    res = _cli("run", "--source", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "o"))
+    assert res.returncode == 2
+    errors = [x for x in res.stderr.splitlines() if "error" in x.lower()]
+    assert len(errors) == 1 and "nope.parquet" in errors[0]
+    assert not (tmp_path / "o").exists()  # nothing was done
+
+
+def test_missing_text_column_names_it(tmp_path) -> None:
+    src = write_corpus(str(tmp_path / "d.parquet"), [{"doc_id": "a", "body": "x"}])
+    res = _cli("run", "--source", src, "--output", str(tmp_path / "o"), "--backend", "hash")
+    assert res.returncode == 2
+    assert "'text'" in res.stderr and "--text-column" in res.stderr
+    ok = _cli(
+        "run",
+        "--source",
+        src,
+        "--output",
+        str(tmp_path / "o"),
+        "--backend",
+        "hash",
+        "--text-column",
+        "body",
+        "--no-summaries",
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_bad_config_values_exit_2(tmp_path) -> None:
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("source: x\noutput: y\nmax_in_flight: 0\n")
+    res = _cli("run", "--config", str(cfg))
+    assert res.returncode == 2 and "max_in_flight" in res.stderr
+    cfg.write_text("source: x\noutput: y\nmax_inflight: 3\n")
+    res = _cli("run", "--config", str(cfg))
+    assert res.returncode == 2 and "unknown setting 'max_inflight'" in res.stderr
+
+
+def test_dry_run_makes_no_output(tmp_path, stdlib_docs) -> None:
+    src = write_corpus(str(tmp_path / "d.parquet"), stdlib_docs[:10])
+    chars = sum(len(r["text"]) for r in stdlib_docs[:10])
+    res = _cli(
+        "run",
+        "--source",
+        src,
+        "--output",
+        str(tmp_path / "o"),
+        "--dry-run",
+        "--price-per-million-chars",
+        "1.0",
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"10 documents, {chars} characters" in res.stdout
+    assert not (tmp_path / "o").exists()
