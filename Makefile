@@ -23,7 +23,7 @@ $(DEMO_CORPUS): | $(STAMP)
 	$(BIN)/python -m pipeline.demo $(DEMO_CORPUS)
 
 demo: $(STAMP) $(DEMO_CORPUS)
-	$(BIN)/oci-genai-batch run --source $(DEMO_CORPUS) --output out/demo --backend local
+	$(BIN)/oci-genai-batch run --source $(DEMO_CORPUS) --output out/demo --backend local --batch-docs 64
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
