@@ -220,6 +220,7 @@ class ShardWorker:
             return
         chunks: list[Chunk] = []
         by_doc: dict[str, list[Chunk]] = {}
+        extras = {d.doc_id: self._passthrough(d) for d in docs}
         for d in docs:
             try:
                 doc_chunks = list(chunk_document(d, self.backend.token_counter, self.chunking))
@@ -271,6 +272,7 @@ class ShardWorker:
                     doc_failures.append(self._failure(c, err, tf.attempts if tf else 0))
                     continue
                 rows.append(self._embedding_row(c, hit, model_version, now))
+                rows[-1].update(extras[doc_id])
             result.failures.extend(doc_failures)
             if transient:
                 # all or nothing for a document with a retryable failure: a re-run redoes
@@ -281,6 +283,9 @@ class ShardWorker:
             states[doc_id][2] = FAILED if doc_failures else OK
         self.report.add("chunks_embedded", len(result.embeddings))
         self.report.add("chunks_sent", len(texts))
+
+    def _passthrough(self, doc: Document) -> dict[str, Any]:
+        return {name: doc.extra.get(name) for name in self.config.passthrough}
 
     def _remember(self, text: str, value: tuple[np.ndarray, bool]) -> None:
         self._cache[text] = value
@@ -372,6 +377,7 @@ class ShardWorker:
                     "content_hash": d.content_hash,
                     "run_id": self.config.run_id,
                     "created_at": now,
+                    **self._passthrough(d),
                 }
             )
         self.report.add("summaries", len(result.summaries))
@@ -389,10 +395,12 @@ class ShardWorker:
         }
         if result.embeddings:
             table = _embeddings_table(result.embeddings, self.backend.dim)
+            table = _add_passthrough(table, result.embeddings, self.config.passthrough)
             self.store.stage_parquet(f"embeddings/{name}", table, meta)
             files["embeddings"] = f"embeddings/{name}"
         if result.summaries:
             table = pa.Table.from_pylist(result.summaries, schema=SUMMARIES_SCHEMA)
+            table = _add_passthrough(table, result.summaries, self.config.passthrough)
             smeta = {
                 **self._file_meta,
                 "oci_genai_batch.summary_fingerprint_json": _json(self.summary_fp),
@@ -440,6 +448,21 @@ def _embeddings_table(rows: list[dict[str, Any]], dim: int) -> pa.Table:
         else:
             columns[f.name] = pa.array([r[f.name] for r in rows], type=f.type)
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _add_passthrough(
+    table: pa.Table, rows: list[dict[str, Any]], names: tuple[str, ...]
+) -> pa.Table:
+    """Source columns carried into the output, typed as Arrow infers them (string when a
+    part holds only nulls). A name that clashes with an output column is prefixed."""
+    for name in names:
+        values = [r.get(name) for r in rows]
+        column = pa.array(values)
+        if pa.types.is_null(column.type):
+            column = pa.array(values, type=pa.string())
+        out = name if name not in table.column_names else f"source_{name}"
+        table = table.append_column(out, column)
+    return table
 
 
 def _failures_table(failures: list[Failure], run_id: str) -> pa.Table:

@@ -159,3 +159,35 @@ def test_identical_chunks_are_sent_once_and_every_row_is_written(
     assert c["chunks_embedded"] == c["chunks"] == _table(out, "embeddings").num_rows
     assert c["chunks_sent"] < c["chunks"]  # shared passages were embedded once
     assert c["chunks_sent"] + c["chunks_deduplicated"] == c["chunks"]
+
+
+def test_passthrough_columns_reach_the_outputs(tmp_path) -> None:
+    rows = [
+        {
+            "id": f"x{i}",
+            "body": f"Text of document {i}.",
+            "lang": "en",
+            "stars": i,
+            "title": f"T{i}",
+        }
+        for i in range(5)
+    ]
+    src = write_corpus(str(tmp_path / "p.parquet"), rows)
+    out = str(tmp_path / "out")
+    run(
+        JobConfig(
+            source=src,
+            output=out,
+            backend="hash",
+            id_column="id",
+            text_column="body",
+            passthrough=("lang", "stars"),
+        )
+    )
+    emb = _table(out, "embeddings")
+    assert emb.column("lang").to_pylist() == ["en"] * 5
+    assert sorted(emb.column("stars").to_pylist()) == [0, 1, 2, 3, 4]
+    summ = _table(out, "summaries")
+    assert dict(
+        zip(summ.column("doc_id").to_pylist(), summ.column("stars").to_pylist(), strict=True)
+    ) == {f"x{i}": i for i in range(5)}
