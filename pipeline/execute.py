@@ -114,15 +114,17 @@ class Caller:
                     self.stats.input_chars += chars
                     try:
                         result = await fn()
-                    except ThrottledError:
+                    except ThrottledError as exc:
                         self.stats.throttled += 1
                         self.budget.concurrency.on_throttle(time.monotonic() - started)
+                        self.budget.rate.on_throttle(exc.retry_after)
                         raise
                     except GenAIError:
                         self.stats.errors += 1
                         raise
                     self.stats.latencies_ms.append((time.monotonic() - started) * 1000.0)
                     self.budget.concurrency.on_success()
+                    self.budget.rate.on_success()
                 return result, attempts
         raise AssertionError("unreachable: tenacity reraises the last error")
 

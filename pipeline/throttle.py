@@ -1,17 +1,22 @@
 """Budgets for model calls: requests per minute, tokens per minute, requests in flight.
 
 - ``aiolimiter.AsyncLimiter`` enforces the configured per-minute ceilings.
-- ``AdaptiveConcurrency`` (hand-written: no kept library does AIMD for asyncio) bounds
-  requests in flight: it halves the window on a 429 — at most once per round trip — and
-  grows it by one per window of successes, up to ``max_in_flight``. On-demand OCI limits are
-  dynamic and unpublished, so this is what finds the real ceiling.
+- ``AdaptiveConcurrency`` bounds requests in flight: it halves the window on a 429 — at
+  most once per round trip — and grows it by one per window of successes, up to
+  ``max_in_flight``.
+- ``AdaptiveRate`` paces requests per second the same way (multiplicative decrease on a
+  429, slow growth on success) and holds every request back while a server's
+  ``Retry-After`` runs. On-demand OCI limits are dynamic and unpublished, so these two are
+  what find the real ceiling. Both are hand-written: no kept library adapts a limit to
+  429s for asyncio.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiolimiter import AsyncLimiter
@@ -58,6 +63,85 @@ class AdaptiveConcurrency:
             self.cuts += 1
 
 
+class AdaptiveRate:
+    """Requests-per-second pacing, AIMD on 429s.
+
+    Unpaced until the first 429 (unless a ceiling is given, which is also the start).
+    On a 429 — at most once per ``cut_interval`` — the rate becomes ``decrease`` times the
+    lower of the current rate and the recent success rate; each success then grows it by
+    ``growth`` per second elapsed, up to the ceiling. The sawtooth stays just under the
+    server's limit, so few requests are throttled and few slots are wasted.
+    """
+
+    def __init__(
+        self,
+        ceiling_rps: float | None = None,
+        *,
+        decrease: float = 0.85,
+        growth: float = 0.02,
+        min_rps: float = 0.1,
+        cut_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.ceiling = ceiling_rps
+        self.rate: float | None = ceiling_rps
+        self.decrease = decrease
+        self.growth = growth
+        self.min_rps = min_rps
+        self.cut_interval = cut_interval
+        self.clock = clock
+        self.sleep = sleep
+        self._next = 0.0
+        self._paused_until = 0.0
+        self._last_cut = -1e9
+        self._last_growth = clock()
+        self._successes: deque[float] = deque(maxlen=512)
+        self.cuts = 0
+
+    async def wait(self) -> None:
+        now = self.clock()
+        if self._paused_until > now:
+            await self.sleep(self._paused_until - now)
+            now = self.clock()
+        if self.rate is None:
+            return
+        slot = max(now, self._next)
+        self._next = slot + 1.0 / self.rate
+        if slot > now:
+            await self.sleep(slot - now)
+
+    def _recent_rate(self, now: float) -> float | None:
+        window = [t for t in self._successes if now - t <= 5.0]
+        if len(window) < 2:
+            return None
+        return len(window) / max(now - window[0], 1e-3)
+
+    def on_success(self) -> None:
+        now = self.clock()
+        self._successes.append(now)
+        if self.rate is not None:
+            dt = min(now - self._last_growth, 1.0)
+            self.rate *= 1.0 + self.growth * dt
+            if self.ceiling is not None:
+                self.rate = min(self.rate, self.ceiling)
+        self._last_growth = now
+
+    def on_throttle(self, retry_after: float | None = None) -> None:
+        now = self.clock()
+        if retry_after:
+            self._paused_until = max(self._paused_until, now + min(retry_after, 120.0))
+        if now - self._last_cut < self.cut_interval:
+            return
+        recent = self._recent_rate(now)
+        candidates = [r for r in (self.rate, recent) if r is not None]
+        base = min(candidates) if candidates else 1.0
+        self.rate = max(self.min_rps, base * self.decrease)
+        self._last_cut = now
+        self._last_growth = now
+        self.cuts += 1
+
+
 class Budget:
     """All ceilings of one process, shared by every request it sends."""
 
@@ -68,6 +152,8 @@ class Budget:
         max_tpm: int | None = None,
         max_in_flight: int = 8,
         max_request_tokens: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.requests = (
             AsyncLimiter(max_rpm * _WINDOW_SECONDS / 60.0, _WINDOW_SECONDS) if max_rpm else None
@@ -80,6 +166,7 @@ class Budget:
             period = self._token_capacity * 60.0 / max_tpm
             self.tokens = AsyncLimiter(self._token_capacity, period)
         self.concurrency = AdaptiveConcurrency(max_in_flight)
+        self.rate = AdaptiveRate(max_rpm / 60.0 if max_rpm else None, clock=clock, sleep=sleep)
 
     @asynccontextmanager
     async def slot(self, tokens: int = 0) -> AsyncIterator[None]:
@@ -90,6 +177,7 @@ class Budget:
                 await self.requests.acquire()
             if self.tokens is not None and tokens > 0:
                 await self.tokens.acquire(min(float(tokens), self._token_capacity))
+            await self.rate.wait()
             yield
         finally:
             await self.concurrency.release()

@@ -21,4 +21,8 @@ def make_backend(config: JobConfig) -> Backend:
         from pipeline.genai.hashembed import HashBackend
 
         return HashBackend(dim=config.dim)
-    raise ConfigError(f"backend: {config.backend!r} is not available in this version")
+    if config.backend == "oci":
+        from pipeline.genai.oci_backend import OciBackend
+
+        return OciBackend.from_config(config)
+    raise ConfigError(f"backend: {config.backend!r} is not one of local, hash, oci")
