@@ -25,7 +25,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from pipeline.errors import BadRequestError, BadResponseError, GenAIError, ThrottledError
+from pipeline.errors import (
+    AuthError,
+    BadRequestError,
+    BadResponseError,
+    GenAIError,
+    ThrottledError,
+)
 from pipeline.genai.base import Backend, EmbedResult, SummaryResult, SummarySettings
 from pipeline.throttle import Budget
 
@@ -162,6 +168,8 @@ class Caller:
                 sum(tokens[i] for i in idx),
                 sum(len(t) for t in group),
             )
+        except AuthError:
+            raise  # every request would fail the same way: stop the run, with this error
         except BadRequestError as exc:
             if len(idx) == 1:
                 failures.append(TextFailure(idx[0], exc, 1))
@@ -227,6 +235,8 @@ class Caller:
                     lambda: many(list(texts), settings), sum(tokens), sum(map(len, texts))
                 )
                 return list(results), failures
+            except AuthError:
+                raise
             except GenAIError:
                 pass  # fall back to one call per document to isolate the bad one
 
@@ -235,6 +245,8 @@ class Caller:
                 out[i], _ = await self._call(
                     lambda: self.backend.summarize(texts[i], settings), tokens[i], len(texts[i])
                 )
+            except AuthError:
+                raise
             except GenAIError as exc:
                 failures.append(TextFailure(i, exc, self.max_attempts))
 
