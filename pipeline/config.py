@@ -36,7 +36,9 @@ _INPUT_TYPES = ("SEARCH_DOCUMENT", "SEARCH_QUERY", "CLASSIFICATION", "CLUSTERING
 _BACKEND_DEFAULTS: dict[str, tuple[str, str, int]] = {
     "local": ("local/all-MiniLM-L6-v2-int8", "local/mmr-minilm", 256),
     "hash": ("hash/blake2b", "hash/lead", 256),
-    "oci": ("cohere.embed-v4.0", "cohere.command-a-03-2025", 512),
+    # oci counts UTF-8 bytes (an upper bound of any tokenizer's count): 2048 bytes are about
+    # 500 tokens of English, and the cap is the model's per-input limit (512 for v3 models)
+    "oci": ("cohere.embed-v4.0", "cohere.command-a-03-2025", 2048),
 }
 
 

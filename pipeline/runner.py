@@ -70,7 +70,8 @@ def source_options(config: JobConfig) -> SourceOptions:
 
 
 def chunk_settings(config: JobConfig, backend: Backend) -> ChunkSettings:
-    max_tokens = min(config.chunk_tokens or backend.max_input_tokens, backend.max_input_tokens)
+    wanted = config.chunk_tokens or config.default_chunk_tokens
+    max_tokens = min(wanted, backend.max_input_tokens)
     return ChunkSettings(max_tokens=max_tokens, overlap=config.chunk_overlap)
 
 
