@@ -62,6 +62,28 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
+def _emulator_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "emulator", help="serve a local emulator of the OCI Generative AI inference API"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: pick a free port (printed)")
+    p.add_argument("--oci-config", help="verify signatures against this OCI config file")
+    p.add_argument("--oci-profile", default="DEFAULT")
+    p.add_argument("--embedder", choices=("local", "hash"), default="local")
+    p.add_argument("--dim", type=int, help="embedding size instead of the model's default")
+    p.add_argument("--rpm", type=int, help="requests per minute (sliding 60 s window)")
+    p.add_argument("--tpm", type=int, help="estimated tokens per minute")
+    p.add_argument("--retry-after", type=float, help="seconds sent in retry-after on 429")
+    p.add_argument("--latency-ms", type=float, help="mean added latency per request")
+    for kind in ("fault", "timeout", "reset", "malformed", "wrong-count", "wrong-dim"):
+        p.add_argument(f"--{kind}-rate", type=float, help="probability per request, 0..1")
+    p.add_argument("--timeout-s", type=float, help="how long a timeout fault stalls")
+    p.add_argument("--reject-substring", help="refuse embed inputs containing this (400)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
 def _config_from_args(args: argparse.Namespace) -> JobConfig:
     skip = {"command", "config", "verbose"}
     flags = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
@@ -165,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    _emulator_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
@@ -174,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "emulator":
+            from pipeline.genai.emulator.server import run_from_args
+
+            return run_from_args(args)
     except PipelineError as exc:
         print(f"oci-genai-batch: error: {exc}", file=sys.stderr)
         return 2
