@@ -59,6 +59,14 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--genai-endpoint")
     p.add_argument("--os-endpoint")
     p.add_argument("--region")
+    p.add_argument(
+        "--input-type", choices=("SEARCH_DOCUMENT", "SEARCH_QUERY", "CLASSIFICATION", "CLUSTERING")
+    )
+    p.add_argument("--truncate", choices=("NONE", "START", "END"))
+    p.add_argument("--output-dimensions", type=int, choices=(256, 512, 1024, 1536))
+    p.add_argument("--summary-api", choices=("chat", "summarize_text"))
+    p.add_argument("--chat-format", choices=("COHERE", "GENERIC"))
+    p.add_argument("--timeout-s", type=float, help="seconds before a request times out")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -72,7 +80,8 @@ def _emulator_parser(sub: Any) -> None:
     p.add_argument("--oci-profile", default="DEFAULT")
     p.add_argument("--embedder", choices=("local", "hash"), default="local")
     p.add_argument("--dim", type=int, help="embedding size instead of the model's default")
-    p.add_argument("--rpm", type=int, help="requests per minute (sliding 60 s window)")
+    p.add_argument("--rpm", type=int, help="requests per minute (a token bucket)")
+    p.add_argument("--burst-s", type=float, help="seconds of rpm/tpm a bucket holds (2)")
     p.add_argument("--tpm", type=int, help="estimated tokens per minute")
     p.add_argument("--retry-after", type=float, help="seconds sent in retry-after on 429")
     p.add_argument("--latency-ms", type=float, help="mean added latency per request")

@@ -283,7 +283,7 @@ def test_malformed_and_incomplete_bodies(emu: Emulator) -> None:
 
 
 def test_rate_limit_rpm_and_tpm(client: Any, emu: Emulator) -> None:
-    emu.configure(rpm=5)
+    emu.configure(rpm=5, burst_s=60)  # a bucket of 5 requests
     for _ in range(5):
         _embed(client, ["x"])
     err = _service_error(_embed, client, ["x"])
@@ -292,7 +292,7 @@ def test_rate_limit_rpm_and_tpm(client: Any, emu: Emulator) -> None:
     stats = emu.stats()
     assert stats["throttled"] == 1 and stats["actions"]["embedText"] == 5
     assert stats["statuses"] == {"200": 5, "429": 1}
-    emu.configure(rpm=0, tpm=10, retry_after=7)
+    emu.configure(rpm=0, tpm=10, burst_s=60, retry_after=7)
     emu.reset()
     _embed(client, ["x" * 32])  # 8 tokens
     err = _service_error(_embed, client, ["x" * 12])  # 3 more: over 10
@@ -539,3 +539,15 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
         if not sel.select(timeout):
             raise AssertionError("the emulator printed nothing")
     return proc.stdout.readline()
+
+
+def test_rate_limit_is_a_refilling_bucket() -> None:
+    from pipeline.genai.emulator.behaviour import Behaviour, EmulatorConfig
+
+    b = Behaviour(EmulatorConfig(embedder="hash", rpm=600, burst_s=1.0))  # 10/s, holds 10
+    t = 1000.0
+    assert sum(b.admit(1, now=t) for _ in range(30)) == 10  # a burst takes the bucket
+    assert not b.admit(1, now=t + 0.05)
+    assert b.admit(1, now=t + 0.11)  # one request's worth refilled after 0.1 s
+    # paced at exactly the rate, every request passes
+    assert all(b.admit(1, now=t + 1.0 + i * 0.1) for i in range(100))

@@ -14,7 +14,7 @@ import math
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,6 @@ FAULT_KINDS = ("fault", "timeout", "reset", "malformed", "wrong_count", "wrong_d
 #: faults that only make sense for an embedText answer; other actions answer normally
 EMBED_ONLY_FAULTS = frozenset({"wrong_count", "wrong_dim"})
 EMBEDDERS = ("local", "hash")
-_WINDOW_S = 60.0
 # Gamma shape of the added latency: coefficient of variation 1/sqrt(4) = 0.5, a right
 # skew like real service latencies without the lognormal's very long tail.
 _LATENCY_SHAPE = 4.0
@@ -37,12 +36,16 @@ class EmulatorConfig:
     one uniform draw per request is compared against the stacked rates, so their sum must
     not exceed 1. ``rpm``/``tpm`` of 0 mean unlimited. ``dim`` of 0 means the model's own
     default dimension. ``retry_after`` of 0 sends no ``retry-after`` header on 429.
+    Limits are token buckets refilled continuously at ``rpm``/60 requests (``tpm``/60
+    tokens) per second, holding at most ``burst_s`` seconds' worth (at least one request):
+    like an API gateway, not a fixed minute, so a client cannot burst a minute's budget.
     """
 
     embedder: str = "local"
     dim: int = 0
     rpm: int = 0
     tpm: int = 0
+    burst_s: float = 2.0
     retry_after: float = 0.0
     latency_ms: float = 0.0
     fault_rate: float = 0.0
@@ -61,6 +64,8 @@ class EmulatorConfig:
         for name in ("dim", "rpm", "tpm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if not self.burst_s > 0:
+            raise ValueError("burst_s must be > 0")
         for name in ("retry_after", "latency_ms", "timeout_s"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
@@ -114,9 +119,10 @@ class Behaviour:
         self._lock = threading.Lock()
         self._config = config
         self._rng = random.Random(config.seed)
-        # accepted requests of the last 60 s: (monotonic time, estimated tokens)
-        self._window: deque[tuple[float, int]] = deque()
-        self._window_tokens = 0
+        # token buckets: requests and tokens available now, and when they were refilled
+        self._req_level = -1.0  # < 0: full on first use
+        self._tok_level = -1.0
+        self._refilled = time.monotonic()
         self._stats = _Stats()
 
     @property
@@ -128,6 +134,8 @@ class Behaviour:
         the random source, so a run can be replayed from that point."""
         with self._lock:
             self._config = self._config.replace(**fields)
+            if {"rpm", "tpm", "burst_s"} & set(fields):
+                self._req_level = self._tok_level = -1.0  # new limits start full
             if "seed" in fields:
                 self._rng.seed(self._config.seed)
             return self._config
@@ -135,28 +143,36 @@ class Behaviour:
     def reset(self) -> None:
         """Zero the statistics and the rate windows, and re-seed the random source."""
         with self._lock:
-            self._window.clear()
-            self._window_tokens = 0
+            self._req_level = self._tok_level = -1.0
             self._stats = _Stats()
             self._rng.seed(self._config.seed)
 
     # ----------------------------------------------------------------- per request
 
     def admit(self, tokens: int, now: float | None = None) -> bool:
-        """Whether a request of ``tokens`` estimated tokens fits both sliding 60 s windows.
-        Only an admitted request is recorded, so a throttled client that retries does not
-        push its own retry further out."""
+        """Whether a request of ``tokens`` estimated tokens fits both buckets now. Only an
+        admitted request takes from them, so a throttled client that retries does not
+        push its own retry further out. A request larger than the token bucket passes
+        when the bucket is full (it could never pass otherwise)."""
         cfg = self._config
         now = time.monotonic() if now is None else now
         with self._lock:
-            while self._window and self._window[0][0] <= now - _WINDOW_S:
-                self._window_tokens -= self._window.popleft()[1]
-            if cfg.rpm and len(self._window) + 1 > cfg.rpm:
+            dt = max(0.0, now - self._refilled)
+            self._refilled = now
+            req_cap = max(1.0, cfg.rpm * cfg.burst_s / 60.0)
+            tok_cap = max(1.0, cfg.tpm * cfg.burst_s / 60.0)
+            if self._req_level < 0:
+                self._req_level = req_cap
+            if self._tok_level < 0:
+                self._tok_level = tok_cap
+            self._req_level = min(req_cap, self._req_level + dt * cfg.rpm / 60.0)
+            self._tok_level = min(tok_cap, self._tok_level + dt * cfg.tpm / 60.0)
+            if cfg.rpm and self._req_level < 1.0:
                 return False
-            if cfg.tpm and self._window_tokens + tokens > cfg.tpm:
+            if cfg.tpm and self._tok_level < min(float(tokens), tok_cap):
                 return False
-            self._window.append((now, tokens))
-            self._window_tokens += tokens
+            self._req_level -= 1.0
+            self._tok_level -= tokens
             return True
 
     def draw_fault(self, action: str) -> str | None:
