@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from types import TracebackType
-from typing import Self
 
 import numpy as np
 
-from pipeline.genai.base import EmbedResult, SummaryResult, SummarySettings, TokenCounter
+from pipeline.genai.base import (
+    AsyncClosing,
+    EmbedResult,
+    SummaryResult,
+    SummarySettings,
+    TokenCounter,
+)
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -71,7 +75,7 @@ def lead_summary(text: str) -> str:
     return out
 
 
-class HashBackend:
+class HashBackend(AsyncClosing):
     """A :class:`~pipeline.genai.base.Backend` with hash vectors (see the module doc: fast,
     deterministic, NOT semantic; for load tests only) and lead-sentence summaries.
     Inputs are never truncated. Work is done inline: it is cheaper than a thread hop."""
@@ -116,17 +120,3 @@ class HashBackend:
         self, texts: list[str], settings: SummarySettings
     ) -> list[SummaryResult]:
         return [SummaryResult(lead_summary(t), self.summary_model_id) for t in texts]
-
-    async def aclose(self) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -16,12 +16,17 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
-from pipeline.genai.base import EmbedResult, SummaryResult, SummarySettings, TokenCounter
+from pipeline.genai.base import (
+    AsyncClosing,
+    EmbedResult,
+    SummaryResult,
+    SummarySettings,
+    TokenCounter,
+)
 
 _CLS, _SEP = 101, 102
 # Texts are tokenized in pieces of about this many characters, cut just after white space:
@@ -470,7 +475,7 @@ class LocalSummarizer:
         return out
 
 
-class LocalBackend:
+class LocalBackend(AsyncClosing):
     """The default backend: :class:`LocalEmbedder` and :class:`LocalSummarizer` on this
     machine's CPU. Async methods run the models in a worker thread; inference is
     serialised on one onnxruntime session (the CPU is the limit, not the calls)."""
@@ -509,17 +514,3 @@ class LocalBackend:
     ) -> list[SummaryResult]:
         summaries = await asyncio.to_thread(self.summarizer.summarize_many, texts, settings)
         return [SummaryResult(summary=s, model_id=self.summary_model_id) for s in summaries]
-
-    async def aclose(self) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

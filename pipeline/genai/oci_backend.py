@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 
 from pipeline.errors import BadResponseError, ConfigError, ServiceError
-from pipeline.genai.base import EmbedResult, SummaryResult, SummarySettings, TokenCounter
+from pipeline.genai.base import (
+    AsyncClosing,
+    EmbedResult,
+    SummaryResult,
+    SummarySettings,
+    TokenCounter,
+)
 from pipeline.genai.oci_client import OciGenAIClient, endpoint_for_region
 
 if TYPE_CHECKING:
@@ -194,7 +199,7 @@ def _vectors(data: dict[str, Any], n: int, request_id: str) -> np.ndarray:
     return flat.reshape(n, dim)
 
 
-class OciBackend:
+class OciBackend(AsyncClosing):
     """The OCI Generative AI backend (``name = "oci"``). See the module doc.
 
     Embeddings: embedText with at most 96 inputs per call; for cohere.embed-v4.0 also at
@@ -475,14 +480,3 @@ class OciBackend:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
