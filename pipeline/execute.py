@@ -11,6 +11,7 @@ Results are aligned 1:1 with the inputs, checked on every response.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from pipeline.genai.base import Backend, EmbedResult, SummaryResult, SummarySett
 from pipeline.throttle import Budget
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Caller:
             retry=retry_if_exception(lambda e: isinstance(e, GenAIError) and e.retryable),
             reraise=True,
             sleep=self.sleep,
+            before_sleep=self._log_retry,
         )
         attempts = 0
         async for attempt in retrying:
@@ -133,6 +136,18 @@ class Caller:
                     self.budget.rate.on_success()
                 return result, attempts
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "%s call failed (attempt %d of %d), retrying in %.1f s: %s",
+            self.backend.name,
+            state.attempt_number,
+            self.max_attempts,
+            wait,
+            exc,  # GenAIError's text: status, OCI code, opc-request-id; never credentials
+        )
 
     # ------------------------------------------------------------------ embeddings
 

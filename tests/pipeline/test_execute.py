@@ -266,3 +266,15 @@ def test_permanent_failure_is_kept_and_only_retried_on_request(tmp_path) -> None
     retried = _run(tmp_path, backend, summaries=False, retry_failed=True)
     assert backend.calls == [["Document 2 is POISON."]]
     assert retried["counts"]["documents_skipped"] == 5
+
+
+def test_retries_are_logged_with_the_request_id(caplog) -> None:
+    def script(n: int, texts: list[str]) -> None:
+        if n == 1:
+            raise ServerError("busy", status=503, code="ServiceUnavailable", request_id="OGB-x-1")
+
+    caplog.set_level("WARNING")
+    asyncio.run(_caller(Scripted(script), []).embed(_texts(2), [1, 1]))
+    lines = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(lines) == 1
+    assert "OGB-x-1" in lines[0] and "503" in lines[0] and "attempt 1 of 4" in lines[0]
