@@ -31,7 +31,6 @@ import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, Mapping
-from types import TracebackType
 from typing import Any, Self
 
 import httpx
@@ -48,6 +47,7 @@ from pipeline.errors import (
     ThrottledError,
     TransportError,
 )
+from pipeline.genai.base import AsyncClosing
 
 __all__ = ["API_VERSION", "OciGenAIClient", "endpoint_for_region", "is_valid_request_id"]
 
@@ -155,7 +155,7 @@ def classify(
     return ServiceError(message, **kw)
 
 
-class OciGenAIClient:
+class OciGenAIClient(AsyncClosing):
     """An async client of the inference API. Owns one ``httpx.AsyncClient`` (pool sized for
     ``max_in_flight`` requests, keep-alive, timeouts of ``timeout_s``); an async context
     manager. ``auth`` signs requests (an :class:`~pipeline.genai.oci_auth.OciRequestSigner`);
@@ -226,14 +226,6 @@ class OciGenAIClient:
     async def __aenter__(self) -> Self:
         await self._http()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # ------------------------------------------------------------------ actions
 
