@@ -26,18 +26,17 @@ from pipeline.errors import GenAIError
 from pipeline.execute import Caller, TextFailure
 from pipeline.genai.base import Backend, SummarySettings
 from pipeline.models import (
-    FAILURES_SCHEMA,
     PIPELINE_VERSION,
     SUMMARIES_SCHEMA,
     Chunk,
     Document,
     Failure,
     SourceBatch,
-    embeddings_schema,
 )
 from pipeline.report import ShardReport
 from pipeline.sinks import OutputStore
 from pipeline.sources import SourceOptions, SourceUnit, read_unit
+from pipeline.tables import add_passthrough, embeddings_table, failures_table, to_json_text
 from pipeline.throttle import Budget
 
 log = logging.getLogger(__name__)
@@ -390,25 +389,25 @@ class ShardWorker:
         meta = {
             **self._file_meta,
             "oci_genai_batch.embed_fingerprint": fingerprint_id(self.embed_fp),
-            "oci_genai_batch.embed_fingerprint_json": _json(self.embed_fp),
+            "oci_genai_batch.embed_fingerprint_json": to_json_text(self.embed_fp),
             "oci_genai_batch.dimension": str(self.backend.dim),
         }
         if result.embeddings:
-            table = _embeddings_table(result.embeddings, self.backend.dim)
-            table = _add_passthrough(table, result.embeddings, self.config.passthrough)
+            table = embeddings_table(result.embeddings, self.backend.dim)
+            table = add_passthrough(table, result.embeddings, self.config.passthrough)
             self.store.stage_parquet(f"embeddings/{name}", table, meta)
             files["embeddings"] = f"embeddings/{name}"
         if result.summaries:
             table = pa.Table.from_pylist(result.summaries, schema=SUMMARIES_SCHEMA)
-            table = _add_passthrough(table, result.summaries, self.config.passthrough)
+            table = add_passthrough(table, result.summaries, self.config.passthrough)
             smeta = {
                 **self._file_meta,
-                "oci_genai_batch.summary_fingerprint_json": _json(self.summary_fp),
+                "oci_genai_batch.summary_fingerprint_json": to_json_text(self.summary_fp),
             }
             self.store.stage_parquet(f"summaries/{name}", table, smeta)
             files["summaries"] = f"summaries/{name}"
         if result.failures:
-            table = _failures_table(result.failures, self.config.run_id)
+            table = failures_table(result.failures, self.config.run_id)
             self.store.stage_parquet(f"failures/{name}", table, self._file_meta)
             files["failures"] = f"failures/{name}"
         counts = {
@@ -429,61 +428,3 @@ class ShardWorker:
                 counts=counts,
             )
         )
-
-
-def _json(obj: object) -> str:
-    import orjson
-
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def _embeddings_table(rows: list[dict[str, Any]], dim: int) -> pa.Table:
-    schema = embeddings_schema(dim)
-    vectors = np.stack([r["embedding"] for r in rows]).astype(np.float32, copy=False)
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    columns: dict[str, pa.Array] = {}
-    for f in schema:
-        if f.name == "embedding":
-            columns[f.name] = pa.FixedSizeListArray.from_arrays(flat, dim)
-        else:
-            columns[f.name] = pa.array([r[f.name] for r in rows], type=f.type)
-    return pa.Table.from_pydict(columns, schema=schema)
-
-
-def _add_passthrough(
-    table: pa.Table, rows: list[dict[str, Any]], names: tuple[str, ...]
-) -> pa.Table:
-    """Source columns carried into the output, typed as Arrow infers them (string when a
-    part holds only nulls). A name that clashes with an output column is prefixed."""
-    for name in names:
-        values = [r.get(name) for r in rows]
-        column = pa.array(values)
-        if pa.types.is_null(column.type):
-            column = pa.array(values, type=pa.string())
-        out = name if name not in table.column_names else f"source_{name}"
-        table = table.append_column(out, column)
-    return table
-
-
-def _failures_table(failures: list[Failure], run_id: str) -> pa.Table:
-    now = datetime.now(UTC)
-    rows = [
-        {
-            "doc_id": f.doc_id,
-            "chunk_id": f.chunk_id,
-            "chunk_index": f.chunk_index,
-            "stage": f.stage,
-            "error_class": f.error_class,
-            "permanent": f.permanent,
-            "http_status": f.http_status,
-            "oci_code": f.oci_code,
-            "message": f.message,
-            "opc_request_id": f.opc_request_id,
-            "attempts": f.attempts,
-            "source": f.source,
-            "run_id": run_id,
-            "failed_at": now,
-        }
-        for f in failures
-    ]
-    return pa.Table.from_pylist(rows, schema=FAILURES_SCHEMA)
