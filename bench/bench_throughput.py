@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.oci_fixtures import make_oci_config  # noqa: E402
+from pipeline.genai.emulator.devconfig import write_dev_config  # noqa: E402
 
 CLI = os.path.join(os.path.dirname(sys.executable), "oci-genai-batch")
 
@@ -118,7 +118,7 @@ def main() -> None:
     args = ap.parse_args()
     work = os.path.join(ROOT, "out", "bench-throughput")
     os.makedirs(work, exist_ok=True)
-    config, _ = make_oci_config(work)
+    config, _ = write_dev_config(work)
     corpus = os.path.join(work, "corpus.parquet")
     n = int(args.rpm * args.seconds / 60 * 96 * 1.3)
     make_corpus(corpus, n)

@@ -78,6 +78,11 @@ def _emulator_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, default=0, help="0: pick a free port (printed)")
     p.add_argument("--oci-config", help="verify signatures against this OCI config file")
     p.add_argument("--oci-profile", default="DEFAULT")
+    p.add_argument(
+        "--write-dev-config",
+        metavar="DIR",
+        help="write a new API key and OCI config profile for development into DIR, and exit",
+    )
     p.add_argument("--embedder", choices=("local", "hash"), default="local")
     p.add_argument("--dim", type=int, help="embedding size instead of the model's default")
     p.add_argument("--rpm", type=int, help="requests per minute (a token bucket)")
@@ -206,6 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "emulator" and args.write_dev_config:
+            from pipeline.genai.emulator.devconfig import write_dev_config
+
+            config_path, _ = write_dev_config(args.write_dev_config, args.oci_profile)
+            print(f"wrote {config_path} (profile {args.oci_profile}) and its key; then:")
+            print(f"  oci-genai-batch emulator --port 8431 --oci-config {config_path}")
+            print(
+                "  oci-genai-batch run --backend oci --genai-endpoint http://127.0.0.1:8431"
+                f" --oci-config {config_path} --compartment ocid1.compartment.oc1..dev ..."
+            )
+            return 0
         if args.command == "emulator":
             from pipeline.genai.emulator.server import run_from_args
 

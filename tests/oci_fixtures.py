@@ -16,78 +16,24 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from pipeline.genai.emulator import Emulator, EmulatorConfig
-
-TENANCY = "ocid1.tenancy.oc1..aaaaemulatortenancy"
-USER = "ocid1.user.oc1..aaaaemulatoruser"
-COMPARTMENT = "ocid1.compartment.oc1..aaaaemulatorcompartment"
-REGION = "us-chicago-1"
-CONFIG_NAME = "oci_config"
-
-
-def _new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def fingerprint(key: rsa.RSAPrivateKey) -> str:
-    """OCI's fingerprint of an API key: MD5 of the DER public key, colon-separated hex."""
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return ":".join(f"{b:02x}" for b in hashlib.md5(der, usedforsecurity=False).digest())
-
-
-def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    path.write_bytes(pem)
-    path.chmod(0o600)
-
-
-def _write_profile(config_path: Path, profile: str, values: dict[str, str]) -> None:
-    """Add or replace ``profile`` in the config file (other profiles are kept)."""
-    parser = configparser.ConfigParser(interpolation=None)
-    if config_path.exists():
-        parser.read(config_path)
-    if profile == "DEFAULT":
-        parser["DEFAULT"] = values
-    else:
-        parser[profile] = values
-    with config_path.open("w") as fh:
-        parser.write(fh)
+from pipeline.genai.emulator.devconfig import (
+    CONFIG_NAME,
+    new_key,
+    write_dev_config,
+    write_key,
+    write_profile,
+)
 
 
 def make_oci_config(tmp_dir: str | os.PathLike[str], profile: str = "DEFAULT") -> tuple[str, str]:
-    """Write a new RSA-2048 key ``key_<profile>.pem`` and the ``profile`` section of
-    ``<tmp_dir>/oci_config`` (user, tenancy, region us-chicago-1, the key's fingerprint,
-    key_file). Returns ``(config_path, key_path)``."""
-    root = Path(tmp_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    key = _new_key()
-    key_path = root / f"key_{profile}.pem"
-    _write_key(key_path, key)
-    config_path = root / CONFIG_NAME
-    values = {
-        "user": USER,
-        "tenancy": TENANCY,
-        "region": REGION,
-        "fingerprint": fingerprint(key),
-        "key_file": str(key_path),
-    }
-    _write_profile(config_path, profile, values)
-    return str(config_path), str(key_path)
+    """A fresh key and OCI config profile in ``tmp_dir`` (see ``write_dev_config``)."""
+    return write_dev_config(tmp_dir, profile)
 
 
 def wrong_key_config(
@@ -113,11 +59,11 @@ def wrong_key_config(
         found = Path(make_oci_config(root, profile)[0])
     parser.read(found)
     key_path = root / f"wrong_key_{profile}.pem"
-    _write_key(key_path, _new_key())
+    write_key(key_path, new_key())
     values = dict(parser[profile])
     values["key_file"] = str(key_path)
     config_path = root / f"wrong_{CONFIG_NAME}"
-    _write_profile(config_path, profile, values)
+    write_profile(config_path, profile, values)
     return str(config_path), str(key_path)
 
 

@@ -76,3 +76,46 @@ def test_dry_run_makes_no_output(tmp_path, stdlib_docs) -> None:
     assert res.returncode == 0, res.stderr
     assert f"10 documents, {chars} characters" in res.stdout
     assert not (tmp_path / "o").exists()
+
+
+def test_emulator_dev_config_then_a_signed_run(tmp_path, stdlib_docs) -> None:
+    import re
+    import signal
+
+    res = _cli("emulator", "--write-dev-config", str(tmp_path / "dev"))
+    assert res.returncode == 0, res.stderr
+    config = str(tmp_path / "dev" / "oci_config")
+    assert config in res.stdout
+    emu = subprocess.Popen(
+        [CLI, "emulator", "--port", "0", "--oci-config", config, "--embedder", "hash"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert emu.stdout is not None
+        line = emu.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert url and "verified" in line, line
+        src = write_corpus(str(tmp_path / "d.parquet"), stdlib_docs[:12])
+        run = _cli(
+            "run",
+            "--source",
+            src,
+            "--output",
+            str(tmp_path / "o"),
+            "--backend",
+            "oci",
+            "--genai-endpoint",
+            url.group(0),
+            "--oci-config",
+            config,
+            "--compartment",
+            "ocid1.compartment.oc1..dev",
+            "--output-dimensions",
+            "256",
+        )
+        assert run.returncode == 0, run.stderr
+        assert "summaries                         12" in run.stdout
+    finally:
+        emu.send_signal(signal.SIGTERM)
+        emu.wait(timeout=30)

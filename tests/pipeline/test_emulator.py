@@ -25,11 +25,9 @@ from oci.generative_ai_inference import models as m
 
 from pipeline.genai.emulator import Emulator, EmulatorConfig
 from pipeline.genai.emulator.auth import SignatureVerifier, key_fingerprint
+from pipeline.genai.emulator.devconfig import COMPARTMENT, TENANCY, USER
 from tests.conftest import CLI
 from tests.oci_fixtures import (
-    COMPARTMENT,
-    TENANCY,
-    USER,
     async_sdk_client,
     make_oci_config,
     running_emulator,
