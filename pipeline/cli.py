@@ -50,6 +50,7 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--retry-failed", action="store_const", const=True, default=None)
     p.add_argument("--run-id")
     p.add_argument("--price-per-million-chars", type=float)
+    p.add_argument("--max-cost", type=float, help="refuse to start above this estimated cost")
     p.add_argument("--progress", dest="progress", action="store_const", const=True)
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
     p.add_argument("--oci-config")

@@ -146,6 +146,8 @@ class JobConfig:
             raise ConfigError(f"timeout_s: must be positive, got {self.timeout_s}")
         if self.max_cost is not None and self.max_cost < 0:
             raise ConfigError(f"max_cost: must not be negative, got {self.max_cost}")
+        if self.max_cost is not None and self.price_per_million_chars is None:
+            raise ConfigError("max_cost: needs price_per_million_chars to estimate a cost")
 
     # ------------------------------------------------------------------ derived values
 

@@ -18,7 +18,7 @@ import orjson
 
 from pipeline.chunking import ChunkSettings
 from pipeline.config import JobConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.genai import make_backend
 from pipeline.genai.base import Backend
 from pipeline.models import PIPELINE_VERSION
@@ -186,6 +186,23 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     }
 
 
+def check_cost_ceiling(config: JobConfig) -> None:
+    """With ``max_cost`` set, refuse to start when the source's characters would cost more.
+
+    The estimate counts every valid document (not only unfinished ones), so it is an upper
+    bound of what the run can spend on embeddings."""
+    if config.max_cost is None:
+        return
+    preview = dry_run(config)
+    cost = preview["estimated_cost"]
+    if cost is not None and cost > config.max_cost:
+        raise ConfigError(
+            f"max_cost: the source holds {preview['characters']} characters, an estimated"
+            f" {cost} at {config.price_per_million_chars} per million; over the ceiling"
+            f" {config.max_cost}"
+        )
+
+
 @dataclass
 class RunResult:
     report: dict[str, Any]
@@ -202,6 +219,7 @@ def run(
     """plan → every shard in turn → commit, in this process."""
     started = time.monotonic()
     specs = plan(config)
+    check_cost_ceiling(config)
     if on_plan:
         on_plan(specs)
     backend = make_backend(config)
