@@ -34,7 +34,10 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_local.py
+	$(BIN)/python bench/bench_demo.py
 	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_client_cpu.py
+	$(BIN)/python bench/bench_throughput.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
