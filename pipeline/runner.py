@@ -135,13 +135,14 @@ async def _run_shard(
 ) -> dict[str, Any]:
     own_backend = backend is None
     backend = backend or make_backend(config)
+    store = OutputStore(config.output)
     try:
         worker = ShardWorker(
             spec.shard_id,
             spec.units,
             config,
             backend,
-            OutputStore(config.output),
+            store,
             source_options(config),
             chunk_settings(config, backend),
             on_progress=on_progress,
@@ -150,9 +151,9 @@ async def _run_shard(
     finally:
         if own_backend:
             await backend.aclose()
-    store = OutputStore(config.output)
-    store.write_json(f"_state/reports/{config.run_id}/{spec.shard_id}.json", report.to_json())
-    return report.to_json()
+    data = report.to_json()
+    store.write_json(f"_state/reports/{config.run_id}/{spec.shard_id}.json", data)
+    return data
 
 
 def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -222,14 +223,21 @@ def run(
     check_cost_ceiling(config)
     if on_plan:
         on_plan(specs)
-    backend = make_backend(config)
-    reports = []
-    try:
-        for spec in specs:
-            reports.append(asyncio.run(_run_shard(spec, config, backend, on_progress)))
-    finally:
-        asyncio.run(backend.aclose())
+    reports = asyncio.run(_run_shards(specs, config, on_progress))
     return RunResult(commit(config, reports), reports, time.monotonic() - started)
+
+
+async def _run_shards(
+    specs: list[ShardSpec],
+    config: JobConfig,
+    on_progress: Callable[[int, int], None] | None,
+) -> list[dict[str, Any]]:
+    """Every shard in turn on one event loop, sharing one backend (one connection pool)."""
+    backend = make_backend(config)
+    try:
+        return [await _run_shard(spec, config, backend, on_progress) for spec in specs]
+    finally:
+        await backend.aclose()
 
 
 __all__ = [
