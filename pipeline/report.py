@@ -145,7 +145,8 @@ class RunReport:
                 else None,
             },
             "estimated_cost": estimate_cost(chars, price_per_million_chars),
-            "config": {k: v for k, v in config.items() if not k.startswith("oci_key")},
+            # JobConfig.public_dict(): settings and file paths; a job config holds no secrets
+            "config": config,
         }
         return cls(data)
 
