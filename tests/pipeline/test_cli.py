@@ -125,34 +125,26 @@ def test_cost_ceiling_refuses_before_any_call(tmp_path, stdlib_docs) -> None:
     src = write_corpus(str(tmp_path / "d.parquet"), stdlib_docs[:10])
     chars = sum(len(r["text"]) for r in stdlib_docs[:10])
     price = 1_000_000 / chars  # the whole source costs exactly 1.0
-    over = _cli(
-        "run",
-        "--source",
-        src,
-        "--output",
-        str(tmp_path / "o"),
-        "--backend",
-        "hash",
-        "--price-per-million-chars",
-        str(price),
-        "--max-cost",
-        "0.5",
-    )
+
+    def capped(cost: str) -> subprocess.CompletedProcess[str]:
+        return _cli(
+            "run",
+            "--source",
+            src,
+            "--output",
+            str(tmp_path / "o"),
+            "--backend",
+            "hash",
+            "--price-per-million-chars",
+            str(price),
+            "--max-cost",
+            cost,
+        )
+
+    over = capped("0.5")
     assert over.returncode == 2 and "max_cost" in over.stderr and str(chars) in over.stderr
     assert not (tmp_path / "o").exists()
-    under = _cli(
-        "run",
-        "--source",
-        src,
-        "--output",
-        str(tmp_path / "o"),
-        "--backend",
-        "hash",
-        "--price-per-million-chars",
-        str(price),
-        "--max-cost",
-        "1.5",
-    )
+    under = capped("1.5")
     assert under.returncode == 0, under.stderr
     no_price = _cli("run", "--source", src, "--output", str(tmp_path / "o2"), "--max-cost", "1")
     assert no_price.returncode == 2 and "price_per_million_chars" in no_price.stderr
