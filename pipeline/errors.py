@@ -48,6 +48,8 @@ class GenAIError(PipelineError):
         self.status = status
         self.code = code
         self.request_id = request_id
+        #: tries made before this error was final (set by the pipeline's call layer)
+        self.attempts = 0
 
     def __str__(self) -> str:
         parts = [self.message]

@@ -124,11 +124,13 @@ class Caller:
                     try:
                         result = await fn()
                     except ThrottledError as exc:
+                        exc.attempts = attempts
                         self.stats.throttled += 1
                         self.budget.concurrency.on_throttle(time.monotonic() - started)
                         self.budget.rate.on_throttle(exc.retry_after)
                         raise
-                    except GenAIError:
+                    except GenAIError as exc:
+                        exc.attempts = attempts
                         self.stats.errors += 1
                         raise
                     self.stats.latencies_ms.append((time.monotonic() - started) * 1000.0)
@@ -187,7 +189,7 @@ class Caller:
             raise  # every request would fail the same way: stop the run, with this error
         except BadRequestError as exc:
             if len(idx) == 1:
-                failures.append(TextFailure(idx[0], exc, 1))
+                failures.append(TextFailure(idx[0], exc, exc.attempts))
                 return
             mid = len(idx) // 2
             await asyncio.gather(
@@ -196,7 +198,7 @@ class Caller:
             )
             return
         except GenAIError as exc:
-            failures.extend(TextFailure(i, exc, self.max_attempts) for i in idx)
+            failures.extend(TextFailure(i, exc, exc.attempts) for i in idx)
             return
         for k, i in enumerate(idx):
             out[i] = (result.vectors[k], result.truncated[k], result)
@@ -263,7 +265,7 @@ class Caller:
             except AuthError:
                 raise
             except GenAIError as exc:
-                failures.append(TextFailure(i, exc, self.max_attempts))
+                failures.append(TextFailure(i, exc, exc.attempts))
 
         await asyncio.gather(*(one(i) for i in range(len(texts))))
         return out, failures

@@ -108,6 +108,7 @@ def test_retries_exhausted_give_transient_failures() -> None:
     assert len(backend.calls) == 3
     assert {f.index for f in failures} == {0, 1, 2, 3}
     assert all(f.error.retryable and f.error.request_id == "R9" for f in failures)
+    assert all(f.attempts == 3 for f in failures)
 
 
 def test_400_splits_down_to_the_bad_input() -> None:
@@ -278,3 +279,14 @@ def test_retries_are_logged_with_the_request_id(caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert len(lines) == 1
     assert "OGB-x-1" in lines[0] and "503" in lines[0] and "attempt 1 of 4" in lines[0]
+
+
+def test_failures_record_the_tries_really_made() -> None:
+    from pipeline.errors import ServiceError
+
+    def script(n: int, texts: list[str]) -> None:
+        raise ServiceError("not found", status=404, code="NotFound")
+
+    out, failures = asyncio.run(_caller(Scripted(script), [], attempts=5).embed(_texts(2), [1, 1]))
+    assert out == [None, None]
+    assert [f.attempts for f in failures] == [1, 1]  # permanent: tried once, not five times
