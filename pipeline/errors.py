@@ -2,8 +2,13 @@
 ``retryable`` or catch a branch.
 
     PipelineError
-     ├── ConfigError          bad job configuration (named field, what is wrong)
+     ├── ConfigError          bad job configuration (named field, what is wrong); also a
+     │                        setting the service shows to be wrong (dimension, model id)
      ├── SourceError          the source cannot be read at all (missing, unreadable, no id column)
+     ├── StorageError         the output cannot be written (permission, disk full, vanished)
+     ├── LockedError          another live run holds the output (names the holder)
+     ├── OutageError          the service failed every recent call after retries: the run
+     │                        stops early; what is committed stays, a re-run resumes
      └── GenAIError           a model call did not give a usable answer
           ├── RetryableError  worth another try: 429, 5xx except 501, timeouts, resets
           │    ├── ThrottledError     429 TooManyRequests (``retry_after`` when the server sent one)
@@ -30,6 +35,19 @@ class ConfigError(PipelineError, ValueError):
 
 class SourceError(PipelineError):
     """The source as a whole cannot be read (a single bad row is a Failure, not this)."""
+
+
+class StorageError(PipelineError):
+    """The output cannot be written or read back. The message names the path."""
+
+
+class LockedError(PipelineError):
+    """Another live run holds the output. The message names the holder."""
+
+
+class OutageError(PipelineError):
+    """The service failed every recent call even after retries; stopping early is cheaper
+    than trying every remaining document. Committed work stays; a re-run resumes."""
 
 
 class GenAIError(PipelineError):

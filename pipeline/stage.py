@@ -24,6 +24,7 @@ from pipeline.chunking import ChunkSettings, chunk_document
 from pipeline.config import JobConfig
 from pipeline.errors import GenAIError
 from pipeline.execute import Caller, TextFailure
+from pipeline.fingerprint import fingerprints
 from pipeline.genai.base import Backend, SummarySettings
 from pipeline.models import (
     PIPELINE_VERSION,
@@ -51,25 +52,6 @@ class PartResult:
     failures: list[Failure] = field(default_factory=list)
     docs: list[list[str | None]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def fingerprints(
-    config: JobConfig, backend: Backend, chunking: ChunkSettings
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    embed = {
-        **backend.fingerprint(),
-        "chunking": chunking.fingerprint(backend.token_counter),
-    }
-    summary = None
-    if config.summaries:
-        summary = {
-            "backend": backend.name,
-            "model_id": backend.summary_model_id,
-            "length": config.summary_length,
-            "format": config.summary_format,
-            "extractiveness": config.summary_extractiveness,
-        }
-    return embed, summary
 
 
 class ShardWorker:

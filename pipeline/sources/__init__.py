@@ -44,7 +44,7 @@ from pipeline.sources.options import (
 from pipeline.sources.parquet import plan_file, read_parquet_unit
 from pipeline.sources.validate import Validator
 
-__all__ = ["SourceOptions", "SourceUnit", "list_units", "read_source", "read_unit"]
+__all__ = ["SourceOptions", "SourceUnit", "list_units", "read_source", "read_unit", "read_units"]
 
 
 def _is_document(rel: str) -> bool:
@@ -146,6 +146,16 @@ def read_unit(
     :class:`SourceError` only when a Parquet unit cannot be read at all.
     """
     return _read(unit, options, filesystem, Validator(options))
+
+
+def read_units(
+    units: list[SourceUnit], options: SourceOptions, *, filesystem: object = None
+) -> Iterator[SourceBatch]:
+    """Every unit of one shard in order, with one validator: a duplicate id in two units
+    of the shard is caught (the first wins, the rest are ``DuplicateId`` failures)."""
+    validator = Validator(options)
+    for unit in units:
+        yield from _read(unit, options, filesystem, validator)
 
 
 def read_source(
