@@ -39,6 +39,7 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--passthrough", help="comma-separated source columns to copy")
     p.add_argument("--json-text-field")
     p.add_argument("--glob", help="directory sources: only files matching this pattern")
+    p.add_argument("--follow-links", action="store_true", default=None, help="follow outside links")
     p.add_argument("--batch-docs", type=int, help="documents per committed part")
     p.add_argument("--shards", type=int)
     p.add_argument("--max-rpm", type=int, help="requests per minute ceiling")

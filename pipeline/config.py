@@ -66,6 +66,7 @@ class JobConfig:
     passthrough: tuple[str, ...] = ()
     json_text_field: str = "text"
     glob: str | None = None
+    follow_links: bool = False  # directory sources: follow links that leave the source
     # execution
     batch_docs: int = 256
     shards: int = 1

@@ -24,7 +24,8 @@ from pipeline.genai.base import Backend
 from pipeline.models import PIPELINE_VERSION
 from pipeline.report import RunReport, ShardReport, estimate_cost
 from pipeline.sinks import OutputStore
-from pipeline.sources import SourceOptions, SourceUnit, list_units
+from pipeline.sources import SourceOptions, SourceUnit, find_duplicates, list_units
+from pipeline.sources.duplicates import duplicates_path
 from pipeline.stage import ShardWorker
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def source_options(config: JobConfig) -> SourceOptions:
         json_text_field=config.json_text_field,
         batch_size=config.batch_docs,
         glob=config.glob,
+        follow_links=config.follow_links,
     )
 
 
@@ -81,12 +83,26 @@ def _unit_docs(unit: SourceUnit) -> int:
     return 1
 
 
+def _unit_key(unit: SourceUnit) -> dict[str, Any]:
+    # fields added later are left out while unset, so shard ids stay what they were
+    data = asdict(unit)
+    for name in ("error_class", "error"):
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
+
+
 def plan(config: JobConfig) -> list[ShardSpec]:
     """List the source and split it into ``config.shards`` shards of similar size.
 
+    With more than one shard, the id column of every Parquet unit is scanned for ids that
+    occur more than once: the later copies are written to the run's state (see
+    :class:`pipeline.sources.Duplicates`) for the shards to dead-letter.
+
     Raises ``SourceError`` / ``ConfigError`` before any model call when the source or
     the settings are unusable."""
-    units = list_units(config.source, source_options(config))
+    options = source_options(config)
+    units = list_units(config.source, options)
     n = max(1, min(config.shards, len(units)))
     groups: list[list[SourceUnit]] = [[] for _ in range(n)]
     weights = [0] * n
@@ -102,7 +118,7 @@ def plan(config: JobConfig) -> list[ShardSpec]:
         if not group:
             continue
         group.sort(key=lambda u: position[id(u)])
-        key = orjson.dumps([asdict(u) for u in group], option=orjson.OPT_SORT_KEYS)
+        key = orjson.dumps([_unit_key(u) for u in group], option=orjson.OPT_SORT_KEYS)
         specs.append(
             ShardSpec(
                 shard_id=hashlib.blake2b(key, digest_size=6).hexdigest(),
@@ -111,7 +127,31 @@ def plan(config: JobConfig) -> list[ShardSpec]:
                 est_bytes=sum(u.size for u in group),
             )
         )
+    _plan_duplicates(config, units, options, len(specs))
     return specs
+
+
+def _plan_duplicates(
+    config: JobConfig, units: list[SourceUnit], options: SourceOptions, shards: int
+) -> None:
+    """Find ids repeated across shards and record them for the run (one shard catches
+    its own repeats while reading, so a single-shard run needs no scan)."""
+    store = OutputStore(config.output)
+    found = None
+    if shards > 1:
+        started = time.monotonic()
+        found = find_duplicates(units, options)
+        log.info(
+            "plan: scanned the ids of %d units in %.2fs, %d later copies",
+            len(units),
+            time.monotonic() - started,
+            len(found or ()),
+        )
+    if found is not None:
+        found.save(store, config.run_id)
+    elif store.exists(duplicates_path(config.run_id)):
+        # a plan made again for the same run id must not keep a stale list
+        store.delete(duplicates_path(config.run_id))
 
 
 def run_shard(

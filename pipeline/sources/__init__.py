@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.errors import SourceError
-from pipeline.models import SourceBatch
+from pipeline.models import Failure, SourceBatch
 from pipeline.sources.batching import rebatch
+from pipeline.sources.duplicates import Duplicates, find_duplicates
 from pipeline.sources.files import read_file_unit
 from pipeline.sources.location import (
     FoundFile,
@@ -36,15 +37,26 @@ from pipeline.sources.location import (
 )
 from pipeline.sources.options import (
     DOCUMENT_SUFFIXES,
+    FAILED,
     GZIP_SUFFIX,
     PARQUET_SUFFIXES,
     SourceOptions,
     SourceUnit,
 )
-from pipeline.sources.parquet import plan_file, read_parquet_unit
+from pipeline.sources.parquet import UnreadableFile, plan_file, read_parquet_unit
 from pipeline.sources.validate import Validator
+from pipeline.sources.walk import walk_local
 
-__all__ = ["SourceOptions", "SourceUnit", "list_units", "read_source", "read_unit", "read_units"]
+__all__ = [
+    "Duplicates",
+    "SourceOptions",
+    "SourceUnit",
+    "find_duplicates",
+    "list_units",
+    "read_source",
+    "read_unit",
+    "read_units",
+]
 
 
 def _is_document(rel: str) -> bool:
@@ -54,8 +66,17 @@ def _is_document(rel: str) -> bool:
     return name.endswith(DOCUMENT_SUFFIXES)
 
 
+def _list(
+    fs: pafs.FileSystem, path: str, options: SourceOptions, *, recursive: bool = True
+) -> list[FoundFile]:
+    if isinstance(fs, pafs.LocalFileSystem):
+        # links, loops and undecodable names need the local walker (see walk.py)
+        return walk_local(path, recursive=recursive, follow_links=options.follow_links)
+    return list_files(fs, path, recursive=recursive)
+
+
 def _find(
-    uri: str, fs: pafs.FileSystem, path: str, pattern: str | None
+    uri: str, fs: pafs.FileSystem, path: str, pattern: str | None, options: SourceOptions
 ) -> tuple[list[FoundFile], str, bool]:
     """``(files, root, single)``: the files the URI names, the directory their relative
     paths start from, and whether the URI named one file."""
@@ -66,13 +87,23 @@ def _find(
         if info.type == pafs.FileType.File:
             name = posixpath.basename(path)
             return [FoundFile(path, name, info.size or 0)], posixpath.dirname(path), True
-        return list_files(fs, path), path, False
+        return _list(fs, path, options), path, False
     if info.type != pafs.FileType.Directory:
         raise SourceError(f"source {uri} does not exist: no directory {path}")
     regex = compile_glob(pattern)
     deep = "/" in pattern or "**" in pattern
-    found = [f for f in list_files(fs, path, recursive=deep) if regex.match(f.rel)]
+    found = [
+        f
+        for f in _list(fs, path, options, recursive=deep)
+        if regex.match(f.rel) or (f.is_dir and f.error_class)
+    ]
     return found, path, False
+
+
+def _failed_unit(found: FoundFile, unit_path: str, root: str | None = None) -> SourceUnit:
+    return SourceUnit(
+        unit_path, FAILED, size=0, root=root, error_class=found.error_class, error=found.error
+    )
 
 
 def list_units(uri: str, options: SourceOptions, *, filesystem: object = None) -> list[SourceUnit]:
@@ -88,11 +119,11 @@ def list_units(uri: str, options: SourceOptions, *, filesystem: object = None) -
     """
     loc = resolve(uri, filesystem)
     try:
-        files, root, single = _find(uri, loc.fs, loc.path, loc.pattern)
+        files, root, single = _find(uri, loc.fs, loc.path, loc.pattern, options)
     except (pa.ArrowException, OSError) as exc:
         raise SourceError(f"source {uri} cannot be listed: {exc}") from exc
     if options.glob and not single:
-        files = [f for f in files if matches(options.glob, f.rel)]
+        files = [f for f in files if matches(options.glob, f.rel) or f.is_dir]
     parquet = [
         f
         for f in files
@@ -100,36 +131,73 @@ def list_units(uri: str, options: SourceOptions, *, filesystem: object = None) -
     ]
     units: list[SourceUnit] = []
     if parquet:
+        units = [_failed_unit(f, join(loc.prefix, f.path)) for f in files if f.is_dir]
         for found in parquet:
             unit_path = join(loc.prefix, found.path)
+            if found.error_class:
+                units.append(_failed_unit(found, unit_path))
+                continue
             named = f"source {uri}" if single else f"source {uri}: file {unit_path}"
-            units.extend(plan_file(loc.fs, found, unit_path, options, named))
+            try:
+                units.extend(plan_file(loc.fs, found, unit_path, options, named))
+            except UnreadableFile as exc:
+                if single:
+                    raise
+                # one bad file of a dataset is dead-lettered; the others are read
+                units.append(_failed_unit(exc.as_found(found), unit_path))
     else:
         # Files picked by name (the URI itself, its glob, options.glob) are read whatever
         # their extension; a plain directory listing keeps only known document types.
         explicit = single or loc.pattern is not None or options.glob is not None
         unit_root = join(loc.prefix, root)
         units = [
-            SourceUnit(join(loc.prefix, f.path), "file", size=f.size, root=unit_root)
+            (
+                _failed_unit(f, join(loc.prefix, f.path), unit_root)
+                if f.error_class
+                else SourceUnit(join(loc.prefix, f.path), "file", size=f.size, root=unit_root)
+            )
             for f in files
-            if (single or not is_hidden(f.rel, ".")) and (explicit or _is_document(f.rel))
+            if (single or not is_hidden(f.rel, "."))
+            and (explicit or _is_document(f.rel) or f.is_dir)
         ]
-    if not units:
+    readable = [u for u in units if u.kind != FAILED]
+    if not readable:
         wanted = ", ".join(PARQUET_SUFFIXES + DOCUMENT_SUFFIXES)
         selected = f" matching glob {options.glob!r}" if options.glob else ""
+        skipped = ""
+        if units:
+            shown = "; ".join(u.error or "" for u in units[:3])
+            more = f" (and {len(units) - 3} more)" if len(units) > 3 else ""
+            skipped = f"; skipped {len(units)}: {shown}{more}"
         raise SourceError(
             f"source {uri} has no usable files{selected} (looked for {wanted}, optionally .gz)"
+            f"{skipped}"
         )
     units.sort(key=lambda u: (u.path, u.row_start))
     return units
 
 
 def _read(
-    unit: SourceUnit, options: SourceOptions, filesystem: object, validator: Validator
+    unit: SourceUnit,
+    options: SourceOptions,
+    filesystem: object,
+    validator: Validator,
+    duplicates: Duplicates | None = None,
 ) -> Iterator[SourceBatch]:
+    if unit.kind == FAILED:
+        # found bad when planning (a link outside the source, a corrupt footer...):
+        # one failure row naming the file; an I/O error may pass, the rest will not
+        permanent = unit.error_class != "ReadError"
+        message = unit.error or f"{unit.path} cannot be read"
+        failure = Failure(
+            None, "read", unit.error_class or "ReadError", message, permanent, source=unit.path
+        )
+        yield SourceBatch(documents=[], failures=[failure])
+        return
     fs, fs_path = fs_for_unit(unit.path, filesystem)
     if unit.kind == "parquet":
-        yield from read_parquet_unit(fs, fs_path, unit, options, validator)
+        losers = duplicates.losers(unit.path) if duplicates is not None else None
+        yield from read_parquet_unit(fs, fs_path, unit, options, validator, losers)
     elif unit.kind == "file":
         yield from read_file_unit(fs, fs_path, unit, options, validator)
     else:
@@ -149,13 +217,23 @@ def read_unit(
 
 
 def read_units(
-    units: list[SourceUnit], options: SourceOptions, *, filesystem: object = None
+    units: list[SourceUnit],
+    options: SourceOptions,
+    *,
+    filesystem: object = None,
+    duplicates: Duplicates | None = None,
 ) -> Iterator[SourceBatch]:
     """Every unit of one shard in order, with one validator: a duplicate id in two units
-    of the shard is caught (the first wins, the rest are ``DuplicateId`` failures)."""
+    of the shard is caught (the first wins, the rest are ``DuplicateId`` failures naming
+    where the first was read).
+
+    ``duplicates`` (from :meth:`Duplicates.load`, written by the plan of a run with more
+    than one shard) names rows whose id was first read in another shard: each of those
+    is a ``DuplicateId`` failure too.
+    """
     validator = Validator(options)
     for unit in units:
-        yield from _read(unit, options, filesystem, validator)
+        yield from _read(unit, options, filesystem, validator, duplicates)
 
 
 def read_source(

@@ -52,6 +52,9 @@ _BINARY_SHARE = 0.50
 # Control characters that do occur in text files; every other one counts as binary.
 _ODD = {c: None for c in range(32) if chr(c) not in "\t\n\r\f\b\x1b"} | {0xFFFD: None}
 _READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
+# What gzip raises for bad bytes: a bad header (BadGzipFile), a cut-off stream (EOFError),
+# bad deflate data or a wrong CRC (zlib.error, BadGzipFile). Re-reading gives the same.
+_CORRUPT_ARCHIVE = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
 def file_kind(name: str) -> tuple[str, bool]:
@@ -170,7 +173,11 @@ def _items(
                 yield validator.too_large(f.doc_id, f"file {f.path}", f.path, detail)
                 return
     except _READ_ERRORS as exc:
-        yield _read_failure(f, "ReadError", f"file {f.path} cannot be read: {exc}")
+        if gzipped and isinstance(exc, _CORRUPT_ARCHIVE):
+            message = f"file {f.path} is not a valid gzip file: {exc}"
+            yield _read_failure(f, "CorruptArchive", message)
+        else:
+            yield _read_failure(f, "ReadError", f"file {f.path} cannot be read: {exc}")
         return
     text, bad = decode_bytes(data)
     if kind == "json":

@@ -45,6 +45,12 @@ class FoundFile:
     path: str
     rel: str
     size: int
+    #: Set when the entry cannot be read (a link outside the source, a loop, a name that
+    #: is not UTF-8): it becomes one failure row instead of documents.
+    error_class: str | None = None
+    error: str | None = None
+    #: Whether the problem is about a directory (kept whatever the file filters say).
+    is_dir: bool = False
 
 
 def as_pyarrow_fs(filesystem: object) -> pafs.FileSystem:

@@ -23,6 +23,9 @@ GZIP_SUFFIX = ".gz"
 #: than this stays one unit (splitting inside a row group would decode it more than once).
 ROWS_PER_UNIT = 50_000
 
+#: Kind of a unit found unreadable when planning: reading it yields one failure row.
+FAILED = "failed"
+
 
 @dataclass(frozen=True)
 class SourceOptions:
@@ -41,6 +44,7 @@ class SourceOptions:
     batch_size: int = 256  # documents per yielded batch
     max_doc_chars: int = 50_000_000  # larger documents are rejected with a Failure
     glob: str | None = None  # directory source: only files matching this pattern
+    follow_links: bool = False  # follow links whose target is outside the source root
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -66,11 +70,17 @@ class SourceUnit:
 
     ``root`` (document files only) is the directory that ``doc_id`` is relative to;
     ``None`` means the file's own directory.
+
+    A unit of kind ``"failed"`` was found unreadable when planning (a link outside the
+    source, a loop, a name that is not UTF-8, a Parquet file whose footer is corrupt):
+    ``error_class`` and ``error`` say why, and reading it yields one failure row.
     """
 
     path: str  # path or URI of the file
-    kind: str  # "parquet" | "file"
+    kind: str  # "parquet" | "file" | "failed"
     row_start: int = 0
     row_end: int | None = None  # None = to the end (parquet only)
     size: int = 0  # bytes (for shard balancing)
     root: str | None = None
+    error_class: str | None = None  # failed units only
+    error: str | None = None

@@ -7,7 +7,7 @@ Only the footer is read to plan, and only the needed columns of the unit's row g
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.errors import SourceError
-from pipeline.models import Document, SourceBatch
+from pipeline.models import Document, Failure, SourceBatch
 from pipeline.sources.location import FoundFile
 from pipeline.sources.options import ROWS_PER_UNIT, SourceOptions, SourceUnit
 from pipeline.sources.validate import Validator, coerce_datetime, optional_str
@@ -73,8 +73,29 @@ def check_schema(schema: pa.Schema, options: SourceOptions, named: str) -> None:
         )
 
 
-def _open_error(named: str, exc: Exception) -> SourceError:
-    return SourceError(f"{named} cannot be read as Parquet: {exc}")
+class UnreadableFile(SourceError):
+    """A Parquet file whose footer cannot be read: corrupt (``CorruptParquet``, for good)
+    or an I/O error (``ReadError``, may pass)."""
+
+    def __init__(self, message: str, error_class: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+    def as_found(self, found: FoundFile) -> FoundFile:
+        """``found`` marked with this problem, for a failed unit."""
+        return FoundFile(found.path, found.rel, found.size, self.error_class, str(self))
+
+
+def _error_class(exc: Exception) -> str:
+    # pyarrow reports bad bytes (bad magic, thrift, decompression, checksums) as
+    # ArrowInvalid or as a plain OSError with no errno; a real I/O error carries an errno
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return "ReadError"
+    return "CorruptParquet"
+
+
+def _open_error(named: str, exc: Exception) -> UnreadableFile:
+    return UnreadableFile(f"{named} cannot be read as Parquet: {exc}", _error_class(exc))
 
 
 def plan_file(
@@ -83,12 +104,12 @@ def plan_file(
     """Units of one Parquet file: consecutive row groups of up to about ``ROWS_PER_UNIT``
     rows each. A file without rows is still one (empty) unit, so that it shows in plans.
 
-    Raises :class:`SourceError` (introduced by ``named``) when the footer cannot be read
-    or the schema lacks a needed column.
+    Raises :class:`UnreadableFile` (introduced by ``named``) when the footer cannot be
+    read, :class:`SourceError` when the schema lacks a needed column.
     """
     try:
         with fs.open_input_file(found.path) as handle:
-            meta = pq.ParquetFile(handle).metadata
+            meta = open_parquet(handle).metadata
             schema = meta.schema.to_arrow_schema()
     except (pa.ArrowException, OSError) as exc:
         raise _open_error(named, exc) from exc
@@ -131,19 +152,21 @@ def _values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
     return column.to_pylist()
 
 
-def _row_groups(meta: pq.FileMetaData, start: int, end: int) -> tuple[list[int], int]:
-    """Indices of the row groups overlapping ``[start, end)`` and the first one's row."""
-    groups: list[int] = []
-    first_row = -1
+def _row_groups(meta: pq.FileMetaData, start: int, end: int) -> list[tuple[int, int, int]]:
+    """``(index, first row, rows)`` of the row groups overlapping ``[start, end)``."""
+    groups: list[tuple[int, int, int]] = []
     offset = 0
     for index in range(meta.num_row_groups):
         rows = meta.row_group(index).num_rows
         if offset < end and offset + rows > start:
-            if first_row < 0:
-                first_row = offset
-            groups.append(index)
+            groups.append((index, offset, rows))
         offset += rows
-    return groups, max(first_row, 0)
+    return groups
+
+
+def open_parquet(handle: Any) -> pq.ParquetFile:
+    # Page checksums, where the writer stored them, turn silent corruption into an error.
+    return pq.ParquetFile(handle, page_checksum_verification=True)
 
 
 def read_parquet_unit(
@@ -152,34 +175,56 @@ def read_parquet_unit(
     unit: SourceUnit,
     options: SourceOptions,
     validator: Validator,
+    losers: Mapping[int, str] | None = None,
 ) -> Iterator[SourceBatch]:
     """Yield the unit's rows as batches of at most ``options.batch_size`` documents.
 
-    Row numbers in failures are 0-based row indices within the file. Raises
-    :class:`SourceError` when the file cannot be opened or lacks the id/text columns.
+    Row numbers in failures are 0-based row indices within the file. A file that cannot
+    be opened is one failure row; a row group that cannot be decoded is one failure row
+    naming its rows (``rows a..b``), and the row groups after it are still read.
+    ``losers`` maps rows to the place their id was first read (:mod:`.duplicates`): those
+    rows are ``DuplicateId`` failures. Raises :class:`SourceError` only when the file
+    lacks the id/text columns.
     """
     named = f"source file {unit.path}"
     try:
         handle = fs.open_input_file(fs_path)
+        with handle:
+            pf = open_parquet(handle)
+            yield from _read_groups(pf, unit, options, validator, losers or {})
+    except UnreadableFile as exc:
+        yield _unit_failure(unit, exc.error_class, str(exc))
     except (pa.ArrowException, OSError) as exc:
-        raise _open_error(named, exc) from exc
-    with handle:
+        error = _open_error(named, exc)
+        yield _unit_failure(unit, error.error_class, str(error))
+
+
+def _unit_failure(unit: SourceUnit, error_class: str, message: str) -> SourceBatch:
+    permanent = error_class != "ReadError"
+    failure = Failure(None, "read", error_class, message, permanent, source=unit.path)
+    return SourceBatch(documents=[], failures=[failure])
+
+
+def _read_groups(
+    pf: pq.ParquetFile,
+    unit: SourceUnit,
+    options: SourceOptions,
+    validator: Validator,
+    losers: Mapping[int, str],
+) -> Iterator[SourceBatch]:
+    named = f"source file {unit.path}"
+    schema = pf.schema_arrow
+    check_schema(schema, options, named)
+    total = pf.metadata.num_rows
+    start = max(unit.row_start, 0)
+    end = total if unit.row_end is None else min(unit.row_end, total)
+    wanted = _columns(schema.names, options)
+    for index, first_row, rows in _row_groups(pf.metadata, start, end):
+        row = first_row
         try:
-            pf = pq.ParquetFile(handle)
-        except (pa.ArrowException, OSError) as exc:
-            raise _open_error(named, exc) from exc
-        schema = pf.schema_arrow
-        check_schema(schema, options, named)
-        total = pf.metadata.num_rows
-        start = max(unit.row_start, 0)
-        end = total if unit.row_end is None else min(unit.row_end, total)
-        if start >= end:
-            return
-        groups, row = _row_groups(pf.metadata, start, end)
-        wanted = _columns(schema.names, options)
-        try:
+            # One row group at a time, so that a corrupt one stops only itself.
             for batch in pf.iter_batches(
-                batch_size=options.batch_size, row_groups=groups, columns=wanted
+                batch_size=options.batch_size, row_groups=[index], columns=wanted
             ):
                 first = row
                 row += batch.num_rows
@@ -188,11 +233,24 @@ def read_parquet_unit(
                     continue
                 if lo > 0 or hi < batch.num_rows:
                     batch = batch.slice(lo, hi - lo)
-                out = _convert(batch, first + lo, unit.path, options, validator)
+                out = _convert(batch, first + lo, unit.path, options, validator, losers)
                 if out.documents or out.failures:
                     yield out
         except (pa.ArrowException, OSError) as exc:
-            raise SourceError(f"{named}: reading failed near row {row}: {exc}") from exc
+            lo, hi = max(row, start), min(first_row + rows, end)
+            if lo >= hi:
+                continue
+            error_class = _error_class(exc)
+            message = f"{named}: rows {lo}..{hi - 1} (row group {index}) cannot be read: {exc}"
+            failure = Failure(
+                None,
+                "read",
+                "CorruptRowGroup" if error_class == "CorruptParquet" else error_class,
+                message,
+                permanent=error_class != "ReadError",
+                source=f"{unit.path}#rows={lo}..{hi - 1}",
+            )
+            yield SourceBatch(documents=[], failures=[failure])
 
 
 def _columns(names: Sequence[str], options: SourceOptions) -> list[str]:
@@ -206,7 +264,12 @@ def _columns(names: Sequence[str], options: SourceOptions) -> list[str]:
 
 
 def _convert(
-    batch: pa.RecordBatch, first_row: int, path: str, options: SourceOptions, validator: Validator
+    batch: pa.RecordBatch,
+    first_row: int,
+    path: str,
+    options: SourceOptions,
+    validator: Validator,
+    losers: Mapping[int, str],
 ) -> SourceBatch:
     columns = {name: _values(batch.column(name)) for name in batch.schema.names}
     ids = columns[options.id_column]
@@ -218,6 +281,13 @@ def _convert(
     out = SourceBatch(documents=[])
     for i in range(batch.num_rows):
         row = first_row + i
+        if row in losers:
+            out.failures.append(
+                validator.duplicate(
+                    ids[i], f"row {row} of {path}", f"{path}#row={row}", losers[row]
+                )
+            )
+            continue
         checked = validator.check(
             ids[i],
             texts[i],

@@ -89,26 +89,60 @@ def _show_id(doc_id: str) -> str:
     return repr(shown)
 
 
+_KINDS = ("", "row", "line", "item")
+_NUMBER_BITS = 40
+
+
 @dataclass
 class SeenIds:
-    """The ids already accepted from a source, for duplicate detection.
+    """The ids already accepted from a source, for duplicate detection, and where each
+    was read (to name the winning copy in a duplicate's failure row).
 
-    Stores an 8-byte blake2b digest per id (as an int, the most compact Python form), not
-    the id: memory is a few dozen bytes per document whatever the id length. Two
-    different ids collide with probability about n²/2⁶⁵ (≈3·10⁻⁴ at 10⁸ documents); a
-    collision rejects the later document as a duplicate, which shows in the failures.
+    Stores an 8-byte blake2b digest per id (as an int, the most compact Python form) and
+    its place packed in one int (which path, row / line / item number), not the id nor
+    the place's text: about 110 bytes per document whatever the id length. Two different
+    ids collide with probability about n²/2⁶⁵ (≈3·10⁻⁴ at 10⁸ documents); a collision
+    rejects the later document as a duplicate, which shows in the failures.
     """
 
-    _digests: set[int] = field(default_factory=set)
+    _digests: dict[int, int] = field(default_factory=dict)
+    _paths: list[str] = field(default_factory=list)
+    _path_index: dict[str, int] = field(default_factory=dict)
 
-    def add(self, doc_id: str) -> bool:
-        """Record ``doc_id``; ``False`` when it was already recorded."""
+    @staticmethod
+    def _key(doc_id: str) -> int:
         digest = hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8)
-        key = int.from_bytes(digest.digest(), "little")
+        return int.from_bytes(digest.digest(), "little")
+
+    def _pack(self, source: str) -> int:
+        path, _, where = source.rpartition("#")
+        kind, _, number = where.partition("=")
+        if not path or kind not in _KINDS or not number.isdigit():
+            path, kind, number = source, "", "0"
+        index = self._path_index.setdefault(path, len(self._paths))
+        if index == len(self._paths):
+            self._paths.append(path)
+        return ((index * len(_KINDS) + _KINDS.index(kind)) << _NUMBER_BITS) | int(number)
+
+    def _unpack(self, packed: int) -> str:
+        head, number = divmod(packed, 1 << _NUMBER_BITS)
+        index, kind = divmod(head, len(_KINDS))
+        path = self._paths[index]
+        return f"{_KINDS[kind]} {number} of {path}" if kind else path
+
+    def add(self, doc_id: str, source: str = "") -> bool:
+        """Record ``doc_id``, read from ``source`` (``path`` or ``path#row=N``);
+        ``False`` when it was already recorded."""
+        key = self._key(doc_id)
         if key in self._digests:
             return False
-        self._digests.add(key)
+        self._digests[key] = self._pack(source)
         return True
+
+    def where(self, doc_id: str) -> str | None:
+        """Where ``doc_id`` was first read ("row 3 of data/a.parquet"), if it was."""
+        packed = self._digests.get(self._key(doc_id))
+        return None if packed is None else self._unpack(packed)
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -208,12 +242,18 @@ class Validator:
             return self.fail(
                 doc_id, "EmptyText", f"{where}: text is empty (only white space)", source=source
             )
-        if not self.seen.add(doc_id):
-            return self.fail(
-                doc_id,
-                "DuplicateId",
-                f"{where}: document id {_show_id(doc_id)} was already read from this "
-                "source; the first one is kept",
-                source=source,
-            )
+        if not self.seen.add(doc_id, source):
+            return self.duplicate(doc_id, where, source, self.seen.where(doc_id))
         return doc_id, text
+
+    def duplicate(self, raw_id: object, where: str, source: str, first: str | None) -> Failure:
+        """The ``DuplicateId`` failure of a later copy of an id first read at ``first``."""
+        doc_id = coerce_id(raw_id)
+        shown = _show_id(doc_id) if doc_id is not None else "(none)"
+        place = first or "earlier in this source"
+        return self.fail(
+            doc_id,
+            "DuplicateId",
+            f"{where}: document id {shown} was already read from {place}; the first one is kept",
+            source=source,
+        )
