@@ -314,6 +314,18 @@ def test_duplicate_ids_across_shards_first_wins(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / duplicates_path("r1")).exists()
 
 
+def test_integer_and_string_ids_are_the_same_id_across_shards(tmp_path: Path) -> None:
+    src = tmp_path / "ds"
+    src.mkdir()
+    pq.write_table(pa.table({"doc_id": [1, 2], "text": ["one", "two"]}), src / "a.parquet")
+    write_rows(src / "b.parquet", ["2", "3"])
+    config = JobConfig(source=str(src), output=str(tmp_path / "o"), backend="hash", shards=2)
+    _, docs, fails = _read_shards(config)
+    assert sorted(d.doc_id for d in docs) == ["1", "2", "3"]
+    assert [(f.doc_id, f.source) for f in fails] == [("2", f"{src / 'b.parquet'}#row=0")]
+    assert docs[[d.doc_id for d in docs].index("2")].text == "two"  # the first copy
+
+
 def test_one_shard_needs_no_scan_and_still_catches_duplicates(tmp_path: Path) -> None:
     src = tmp_path / "ds"
     write_rows(src / "a.parquet", ["s", "t"])
