@@ -131,7 +131,11 @@ def list_units(uri: str, options: SourceOptions, *, filesystem: object = None) -
     ]
     units: list[SourceUnit] = []
     if parquet:
-        units = [_failed_unit(f, join(loc.prefix, f.path)) for f in files if f.is_dir]
+        units = [
+            _failed_unit(f, join(loc.prefix, f.path))
+            for f in files
+            if f.is_dir and not is_hidden(f.rel, "._")
+        ]
         for found in parquet:
             unit_path = join(loc.prefix, found.path)
             if found.error_class:

@@ -113,12 +113,15 @@ class _Walk:
                     if self.recursive:
                         subdirs.append((entry.path, entry_rel))
                 elif entry.is_file(follow_symlinks=False):
-                    self.file(entry.path, entry_rel, via_link)
+                    self.file(entry.path, entry_rel, via_link, entry)
             stack.extend(reversed(subdirs))
 
-    def file(self, path: str, rel: str, via_link: bool) -> None:
+    def file(
+        self, path: str, rel: str, via_link: bool, entry: os.DirEntry[str] | None = None
+    ) -> None:
         try:
-            st = os.stat(path)
+            # a DirEntry of a regular file caches its stat (one system call, no lookup)
+            st = entry.stat(follow_symlinks=False) if entry is not None else os.stat(path)
         except OSError as exc:
             self.problem(path, rel, "ReadError", f"file {path} cannot be read: {exc}", False)
             return
