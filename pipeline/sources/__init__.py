@@ -10,6 +10,10 @@ most ``batch_size`` documents plus a :class:`Failure` for every rejected input;
 A directory holding any Parquet file is a Parquet dataset: only its Parquet files are
 read. Names starting with ``.`` are skipped everywhere, and names starting with ``_``
 (``_SUCCESS``, ``_metadata``) in Parquet datasets.
+
+Nothing found wrong with one entry stops a run: a link loop, a link out of the source, a
+name that is not UTF-8 (see :mod:`.walk`) or a Parquet file of a dataset whose footer is
+corrupt is planned as a ``"failed"`` unit, which reads as one failure row.
 """
 
 from __future__ import annotations
@@ -115,7 +119,8 @@ def list_units(uri: str, options: SourceOptions, *, filesystem: object = None) -
     and split into units of whole row groups of about 50,000 rows at most.
 
     Raises :class:`SourceError` naming the URI when it does not exist, holds no usable
-    file, or a Parquet file lacks the id, text or a passthrough column.
+    file (the message names what was skipped and why), the one file it names is not
+    readable Parquet, or a Parquet file lacks the id, text or a passthrough column.
     """
     loc = resolve(uri, filesystem)
     try:
@@ -209,15 +214,21 @@ def _read(
 
 
 def read_unit(
-    unit: SourceUnit, options: SourceOptions, *, filesystem: object = None
+    unit: SourceUnit,
+    options: SourceOptions,
+    *,
+    filesystem: object = None,
+    duplicates: Duplicates | None = None,
 ) -> Iterator[SourceBatch]:
     """Yield the unit's documents in batches of at most ``options.batch_size``, with a
-    :class:`Failure` for each rejected input. Duplicate ids are detected within the unit.
+    :class:`Failure` for each rejected input. Duplicate ids are detected within the unit,
+    and against other units through ``duplicates`` (see :func:`read_units`).
 
-    Pass the filesystem given to :func:`list_units`, if one was. Raises
-    :class:`SourceError` only when a Parquet unit cannot be read at all.
+    Pass the filesystem given to :func:`list_units`, if one was. Unreadable files and row
+    groups are failure rows; raises :class:`SourceError` only when a Parquet file lacks
+    the id or text column.
     """
-    return _read(unit, options, filesystem, Validator(options))
+    return _read(unit, options, filesystem, Validator(options), duplicates)
 
 
 def read_units(
