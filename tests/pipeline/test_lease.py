@@ -19,7 +19,16 @@ import pytest
 
 from pipeline.checkpoint import OK, Checkpoint, CommitRecord, part_name
 from pipeline.errors import LockedError
-from pipeline.lease import RUN_LEASE, Lease, LocalCAS, RunLease, ShardLease, shard_lease
+from pipeline.lease import (
+    RUN_LEASE,
+    SHARD_LEASES,
+    Lease,
+    LocalCAS,
+    RunLease,
+    ShardLease,
+    run_lease,
+    shard_lease,
+)
 from pipeline.sinks import OutputStore
 from tests.conftest import ROOT
 
@@ -181,6 +190,21 @@ def test_shards_of_the_same_run_join_and_another_run_cannot(tmp_path) -> None:
         RunLease(store, "r2").acquire()
     shard_b.release()  # the last member removes the lease
     RunLease(store, "r2").acquire().release()
+
+
+def test_the_cli_path_run_lease_then_shard_leases_in_one_process(tmp_path) -> None:
+    """``run`` holds the run lease; ``_run_shard`` takes each shard's inside it."""
+    store = OutputStore(str(tmp_path))
+    with run_lease(store, "r1"):
+        for shard in ("s1", "s2"):
+            with shard_lease(store, "r1", shard):
+                data, _ = LocalCAS(str(tmp_path)).read(RUN_LEASE)
+                assert data is not None and len(data["members"]) == 2
+                assert os.path.exists(os.path.join(str(tmp_path), SHARD_LEASES, f"{shard}.json"))
+            assert not os.path.exists(os.path.join(str(tmp_path), SHARD_LEASES, f"{shard}.json"))
+        with pytest.raises(LockedError, match="held by run r1"), shard_lease(store, "r2", "s1"):
+            pass
+    assert not os.path.exists(os.path.join(str(tmp_path), RUN_LEASE))
 
 
 def test_two_writers_of_one_shard_the_second_is_refused_or_waits(tmp_path) -> None:
