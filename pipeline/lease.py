@@ -16,9 +16,9 @@ so a reused PID does not look alive). A stale lease is taken over with a compare
 so of two contenders exactly one wins. Heartbeats use wall-clock UTC because members may
 run on other hosts: clocks must agree to well within the TTL.
 
-Storage needs only four conditional operations (``CAS`` below). Locally they are a
-``fcntl.flock`` around read-modify-write of the JSON file, replaced atomically
-(``LocalCAS``). On object storage (a later issue) each maps onto one request:
+Storage needs only four conditional operations (``CAS`` in ``pipeline.lease_cas``).
+Locally they are a ``fcntl.flock`` around read-modify-write of the JSON file, replaced
+atomically (``LocalCAS``). On object storage (a later issue) each maps onto one request:
 
 ============================  =============================================================
 ``read(key)``                 GET; the version is the object's ETag
@@ -35,8 +35,6 @@ detects a live holder but cannot settle a photo finish.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import logging
 import os
 import secrets
@@ -46,11 +44,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-import orjson
+from typing import Any
 
 from pipeline.errors import ConfigError, LockedError, StorageError
+from pipeline.lease_cas import CAS, BestEffortCAS, LocalCAS, cas_for
 from pipeline.sinks import OutputStore
 
 log = logging.getLogger(__name__)
@@ -62,156 +59,39 @@ DEFAULT_TTL = 60.0
 DEFAULT_INTERVAL = 10.0
 
 
-# ---------------------------------------------------------------------- storage
-
-
-class CAS(Protocol):
-    """Compare-and-swap on small JSON objects. ``version`` is opaque (an ETag locally too)."""
-
-    def read(self, key: str) -> tuple[dict[str, Any] | None, str | None]: ...
-
-    def create(self, key: str, data: dict[str, Any]) -> str | None:
-        """Write ``data`` if ``key`` does not exist; the new version, or None if it does."""
-
-    def replace(self, key: str, data: dict[str, Any], version: str) -> str | None:
-        """Write ``data`` if ``key`` is still at ``version``; the new version, or None."""
-
-    def delete(self, key: str, version: str) -> bool:
-        """Delete ``key`` if it is still at ``version``."""
-
-
-def _etag(raw: bytes) -> str:
-    return hashlib.blake2b(raw, digest_size=8).hexdigest()
-
-
-class LocalCAS:
-    """CAS on a local directory: ``flock`` on ``.KEY.lock`` around each read-modify-write.
-
-    ``flock`` is per host (and unreliable on some network filesystems): it settles races
-    between processes of one machine, which is where a local output is written from."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-
-    def _path(self, key: str) -> str:
-        return os.path.join(self.root, key)
-
-    @contextlib.contextmanager
-    def _locked(self, key: str) -> Iterator[str]:
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        lock = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield path
-        finally:
-            os.close(fd)  # closing drops the flock
-
-    @staticmethod
-    def _raw(path: str) -> bytes | None:
-        try:
-            with open(path, "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            return None
-
-    @staticmethod
-    def _write(path: str, data: dict[str, Any]) -> str:
-        raw = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return _etag(raw)
-
-    def read(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
-        with self._locked(key) as path:
-            raw = self._raw(path)
-        return (None, None) if raw is None else (orjson.loads(raw), _etag(raw))
-
-    def create(self, key: str, data: dict[str, Any]) -> str | None:
-        with self._locked(key) as path:
-            return None if os.path.exists(path) else self._write(path, data)
-
-    def replace(self, key: str, data: dict[str, Any], version: str) -> str | None:
-        with self._locked(key) as path:
-            raw = self._raw(path)
-            if raw is None or _etag(raw) != version:
-                return None
-            return self._write(path, data)
-
-    def delete(self, key: str, version: str) -> bool:
-        with self._locked(key) as path:
-            raw = self._raw(path)
-            if raw is None or _etag(raw) != version:
-                return False
-            os.remove(path)
-            return True
-
-
-class BestEffortCAS:
-    """The same interface over any ``OutputStore`` without conditional writes (see above)."""
-
-    def __init__(self, store: OutputStore) -> None:
-        self.store = store
-
-    def read(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
-        if not self.store.exists(key):
-            return None, None
-        data = self.store.read_json(key)
-        return data, _etag(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
-
-    def create(self, key: str, data: dict[str, Any]) -> str | None:
-        if self.store.exists(key):
-            return None
-        self.store.write_json(key, data)
-        return _etag(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
-
-    def replace(self, key: str, data: dict[str, Any], version: str) -> str | None:
-        if self.read(key)[1] != version:
-            return None
-        self.store.write_json(key, data)
-        return _etag(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
-
-    def delete(self, key: str, version: str) -> bool:
-        if self.read(key)[1] != version:
-            return False
-        self.store.delete(key)
-        return True
-
-
-def cas_for(store: OutputStore) -> CAS:
-    return LocalCAS(store.root) if store.local else BestEffortCAS(store)
-
-
 # ---------------------------------------------------------------------- liveness
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (Linux), to tell a reused PID from the holder."""
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields of ``/proc/PID/stat`` from the state on (Linux); None where there is none."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
         return None
     # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    return stat.rsplit(b")", 1)[-1].split()[19].decode()
+    return stat.rsplit(b")", 1)[-1].split()
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid``, to tell a reused PID from the holder."""
+    fields = _stat(pid)
+    return fields[19].decode() if fields else None
 
 
 def pid_alive(pid: int, start: str | None = None) -> bool:
+    """Whether ``pid`` (started at ``start``, when known) still runs on this host. A killed
+    process its parent has not reaped yet (state Z) is dead too."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    if start is not None:
-        now = _process_start(pid)
-        return now is None or now == start
-    return True
+    fields = _stat(pid)
+    if fields is None:
+        return True  # no /proc: the signal test is all there is
+    return fields[0] != b"Z" and (start is None or fields[19].decode() == start)
 
 
 def _iso(ts: float) -> str:
