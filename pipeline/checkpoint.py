@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import LockedError
-from pipeline.lease import active_shard_lease
+from pipeline.lease import active_shard_lease, check_shard_writer
 from pipeline.sinks import OutputStore
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,9 @@ class Checkpoint:
     def recover(self, shard: str) -> tuple[int, list[str]]:
         """Finish interrupted commits of ``shard`` and remove what was never committed.
 
-        Returns (next part sequence number, relative paths removed)."""
+        Returns (next part sequence number, relative paths removed). Raises LockedError,
+        deleting nothing, when another live process holds the shard's lease."""
+        check_shard_writer(self.store, shard)
         records = self.records(shard)
         committed: set[str] = set()
         for rec in records:

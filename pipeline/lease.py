@@ -341,6 +341,22 @@ def active_shard_lease(store: OutputStore, shard_id: str) -> Lease | None:
         return _active.get((store.root, shard_id))
 
 
+def check_shard_writer(store: OutputStore, shard_id: str) -> None:
+    """Raise LockedError unless this process may write ``shard_id``: it holds the shard's
+    lease (still ours), or no live writer holds it. ``Checkpoint.recover`` calls this
+    before deleting anything, so it never removes a live writer's staged files."""
+    mine = active_shard_lease(store, shard_id)
+    if mine is not None:
+        mine.check()
+        return
+    probe = ShardLease(store, "", shard_id)
+    data, _ = probe.cas.read(probe.key)
+    if data is not None and probe.alive(data):
+        raise LockedError(
+            f"{probe.what} is being written by {probe.describe(data)}; not touching its files"
+        )
+
+
 @contextlib.contextmanager
 def shard_lease(
     store: OutputStore, run_id: str, shard_id: str, *, wait: float = 0.0, **kw: Any
@@ -382,6 +398,7 @@ __all__ = [
     "LocalCAS",
     "RunLease",
     "ShardLease",
+    "check_shard_writer",
     "run_lease",
     "shard_lease",
 ]

@@ -19,7 +19,7 @@ from pipeline.config import JobConfig
 from pipeline.runner import run
 from tests.conftest import CLI, write_corpus
 
-N_DOCS = 2000
+N_DOCS = 1200
 TRIALS = 10
 
 
@@ -49,6 +49,16 @@ def _committed_files(out: str) -> set[str]:
                 with open(os.path.join(d, f), "rb") as fh:
                     files.update(orjson.loads(fh.read())["files"].values())
     return files
+
+
+def _commit_run_ids(out: str) -> set[str]:
+    ids: set[str] = set()
+    for d, _, names in os.walk(os.path.join(out, "_state", "commits")):
+        for f in names:
+            if f.endswith(".json"):
+                with open(os.path.join(d, f), "rb") as fh:
+                    ids.add(orjson.loads(fh.read())["run_id"])
+    return ids
 
 
 def _check_output(out: str, doc_ids: set[str]) -> None:
@@ -81,6 +91,7 @@ def test_pairs_of_runs_on_one_output_never_corrupt_duplicate_or_lose(tmp_path, s
     ]
     src = write_corpus(str(tmp_path / "docs.parquet"), rows)
     doc_ids = {r["doc_id"] for r in rows}
+    refused = sequential = 0
     for trial in range(TRIALS):
         out = str(tmp_path / f"out-{trial}")
         names = (f"t{trial}-a", f"t{trial}-b")
@@ -100,15 +111,21 @@ def test_pairs_of_runs_on_one_output_never_corrupt_duplicate_or_lose(tmp_path, s
         ]
         results = [p.communicate(timeout=120) for p in procs]
         codes = [p.returncode for p in procs]
-        assert sorted(codes) == [0, 2], (trial, codes, [e[-400:] for _, e in results])
-        winner = codes.index(0)
-        loser = 1 - winner
-        message = results[loser][1]
-        assert (
-            f"is held by run {names[winner]} (host {socket.gethostname()},"
-            f" PID {procs[winner].pid}, since " in message
-        ), message
-        assert "Traceback" not in message
+        assert "Traceback" not in results[0][1] + results[1][1]
+        if codes == [0, 0]:
+            # they did not overlap (one started after the other had finished, which a busy
+            # machine can do): then the later run found everything done and committed nothing
+            assert len(_commit_run_ids(out)) == 1, (trial, _commit_run_ids(out))
+            sequential += 1
+        else:
+            assert sorted(codes) == [0, 2], (trial, codes, [e[-400:] for _, e in results])
+            refused += 1
+            winner = codes.index(0)
+            message = results[1 - winner][1]
+            assert (
+                f"is held by run {names[winner]} (host {socket.gethostname()},"
+                f" PID {procs[winner].pid}, since " in message
+            ), message
         _check_output(out, doc_ids)
         # then the refused run's settings run to completion (in this process: faster)
         final = run(
@@ -118,9 +135,12 @@ def test_pairs_of_runs_on_one_output_never_corrupt_duplicate_or_lose(tmp_path, s
                 backend="hash",
                 batch_docs=37,
                 progress=False,
-                run_id=names[loser],
+                run_id=f"t{trial}-final",
             )
         )
         assert final.report["counts"]["documents_skipped"] == N_DOCS
         _check_output(out, doc_ids)
         assert not os.path.exists(os.path.join(out, "_state", "lease.json"))
+    print(f"pairs refused {refused}, sequential {sequential}")
+    # most pairs must really have overlapped, or this test proves little
+    assert refused >= TRIALS - 2, (refused, sequential)

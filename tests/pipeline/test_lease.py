@@ -294,28 +294,65 @@ def test_cas_race_on_a_stale_lease_exactly_one_takes_it_over() -> None:
 
 def test_cas_race_between_processes_on_the_local_lease_exactly_one_wins(tmp_path) -> None:
     n = 6
-    go = time.time() + 2.0  # every contender is imported and waiting by then
+    out, signals = str(tmp_path / "out"), tmp_path / "signals"
+    signals.mkdir()
+    # each contender says it is ready, then all start at one signal; the winner holds
+    # the lease until every other one has tried
     script = (
-        "import sys, time\n"
+        "import os, sys, time\n"
         "from pipeline.errors import LockedError\n"
         "from pipeline.lease import RunLease\n"
         "from pipeline.sinks import OutputStore\n"
-        f"time.sleep(max(0.0, {go} - time.time()))\n"
+        "run_id, signals = sys.argv[1], sys.argv[2]\n"
+        "open(os.path.join(signals, 'ready-' + run_id), 'w').close()\n"
+        "while not os.path.exists(os.path.join(signals, 'go')):\n"
+        "    time.sleep(0.001)\n"
         "try:\n"
-        f"    RunLease(OutputStore({str(tmp_path)!r}), sys.argv[1]).acquire()\n"
+        f"    RunLease(OutputStore({out!r}), run_id).acquire()\n"
         "    print('won', flush=True)\n"
-        f"    time.sleep(max(0.0, {go} + 2.0 - time.time()))\n"
+        "    while not os.path.exists(os.path.join(signals, 'release')):\n"
+        "        time.sleep(0.01)\n"
         "except LockedError as exc:\n"
         "    print('refused', exc, flush=True)\n"
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, f"run-{i}"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", script, f"run-{i}", str(signals)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for i in range(n)
     ]
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(signals.glob("ready-*"))) < n:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (signals / "go").touch()
+        while sum(p.poll() is not None for p in procs) < n - 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        (signals / "release").touch()
     outs = [p.communicate(timeout=60)[0] for p in procs]
     winners = [i for i, o in enumerate(outs) if o.startswith("won")]
     assert len(winners) == 1, outs
     assert all(f"held by run run-{winners[0]}" in o for o in outs if o.startswith("refused"))
     assert sum(o.startswith("refused") for o in outs) == n - 1
+
+
+def test_recovery_never_deletes_a_live_writers_staged_files(tmp_path) -> None:
+    out = str(tmp_path)
+    live = OutputStore(out)
+    rel = f"embeddings/{part_name('s1', 0)}"
+    with shard_lease(live, "r1", "s1"):
+        live.stage_parquet(rel, pa.table({"x": [1]}), {})
+        other = OutputStore(out)  # a second process that skipped the shard lease
+        with pytest.raises(LockedError, match=r"shard s1 of output .* is being written by run r1"):
+            Checkpoint(other).recover("s1")
+        assert os.path.exists(os.path.join(out, live.temp_name(rel)))
+        assert Checkpoint(live).recover("s1") == (0, [live.temp_name(rel)])  # its own: fine
+        live.stage_parquet(rel, pa.table({"x": [1]}), {})
+    # the writer is gone (its lease released): what it staged is a dead writer's now
+    assert Checkpoint(OutputStore(out)).recover("s1") == (0, [live.temp_name(rel)])
