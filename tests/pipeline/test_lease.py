@@ -348,9 +348,23 @@ def test_recovery_never_deletes_a_live_writers_staged_files(tmp_path) -> None:
     rel = f"embeddings/{part_name('s1', 0)}"
     with shard_lease(live, "r1", "s1"):
         live.stage_parquet(rel, pa.table({"x": [1]}), {})
-        other = OutputStore(out)  # a second process that skipped the shard lease
-        with pytest.raises(LockedError, match=r"shard s1 of output .* is being written by run r1"):
-            Checkpoint(other).recover("s1")
+        # a second process that skipped the shard lease
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from pipeline.checkpoint import Checkpoint\n"
+                "from pipeline.sinks import OutputStore\n"
+                f"Checkpoint(OutputStore({out!r})).recover('s1')\n",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert other.returncode == 1
+        assert re.search(
+            r"LockedError: shard s1 of output .* is being written by run r1", other.stderr
+        )
         assert os.path.exists(os.path.join(out, live.temp_name(rel)))
         assert Checkpoint(live).recover("s1") == (0, [live.temp_name(rel)])  # its own: fine
         live.stage_parquet(rel, pa.table({"x": [1]}), {})
