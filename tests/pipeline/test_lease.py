@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -119,7 +120,8 @@ def test_refusal_names_host_pid_run_and_since(tmp_path) -> None:
         assert f"host {socket.gethostname()}" in message
         assert f"PID {holder.pid}" in message
         since = re.search(r"since (\S+),", message)
-        assert since is not None and since.group(1).startswith(time.strftime("%Y-%m-%d"))
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        assert since is not None and since.group(1).startswith(today)
         # the same run id is refused too: ``acquire`` starts a run, only ``join`` shares
         with pytest.raises(LockedError, match="nightly-1"):
             RunLease(OutputStore(out), "nightly-1").acquire()
