@@ -3,13 +3,21 @@
 A shard writes its output in *parts*. Committing part ``seq`` of shard ``S``:
 
 1. stage each table (``embeddings/``, ``summaries/``, ``failures/``) — locally under a
-   hidden temporary name, on object storage directly under its final key;
-2. write ``_state/commits/S/<seq>.json`` atomically — **this is the commit point**;
+   hidden temporary name unique to the writer (``.NAME.<writer>.tmp``), on object storage
+   directly under its final key;
+2. write ``_state/commits/S/<seq>.json`` atomically and only if absent — **this is the
+   commit point**; the record names the writer whose temporary files it commits;
 3. publish the staged files under their final names (local rename).
 
 On resume, ``recover(S)`` rolls step 3 forward for every committed part and deletes any
-file of shard ``S`` that no commit record names. So a kill at any instant loses no
-committed row and never leaves a duplicate.
+file of shard ``S`` that no commit record names, and every leftover temporary file of
+``S``. So a kill at any instant loses no committed row and never leaves a duplicate.
+
+One writer per shard: ``recover`` assumes no other live process writes shard ``S``, which
+the shard lease (``pipeline.lease.shard_lease``) guarantees. While this process holds that
+lease, ``commit`` first checks it is still ours, and a commit record is never overwritten:
+a writer that lost its lease raises ``LockedError`` instead of committing beside the new one.
+Records and temporary files of earlier versions (no ``writer``, ``.NAME.tmp``) still recover.
 
 The index maps ``doc_id`` to the content hash last committed for it, per task (embed,
 summary) and model fingerprint: a re-run skips what is already done for the same text and
@@ -25,6 +33,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.errors import LockedError
+from pipeline.lease import active_shard_lease, check_shard_writer
 from pipeline.sinks import OutputStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +66,9 @@ class CommitRecord:
     # [doc_id, content_hash, embed state or None, summary state or None]
     docs: list[list[str | None]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # the OutputStore.writer that staged ``files``; None in records of earlier versions,
+    # whose temporary files are ``.NAME.tmp``
+    writer: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +81,7 @@ class CommitRecord:
             "files": self.files,
             "docs": self.docs,
             "counts": self.counts,
+            "writer": self.writer,
         }
 
     @classmethod
@@ -128,25 +142,28 @@ class Checkpoint:
     def recover(self, shard: str) -> tuple[int, list[str]]:
         """Finish interrupted commits of ``shard`` and remove what was never committed.
 
-        Returns (next part sequence number, relative paths removed)."""
+        Returns (next part sequence number, relative paths removed). Raises LockedError,
+        deleting nothing, when another live process holds the shard's lease."""
+        check_shard_writer(self.store, shard)
         records = self.records(shard)
         committed: set[str] = set()
         for rec in records:
             for rel in rec.files.values():
-                self.store.publish(rel)  # roll forward a commit killed before its renames
+                # roll forward a commit killed before its renames
+                self.store.publish(rel, writer=rec.writer or "")
                 committed.add(rel)
         removed: list[str] = []
         prefix = f"part-{shard}-"
         for dataset in DATASETS:
             for name in self.store.list_files(dataset):
-                bare = name[1:-4] if name.startswith(".") and name.endswith(".tmp") else name
-                rel = f"{dataset}/{name}"
-                if bare.startswith(prefix) and f"{dataset}/{bare}" not in committed:
-                    self.store.delete(rel)
-                    removed.append(rel)
-                elif bare.startswith(prefix) and name != bare:
-                    self.store.delete(rel)  # stale temp of a part published since
-                    removed.append(rel)
+                bare = _final_name(name)
+                if not bare.startswith(prefix):
+                    continue
+                # every temporary file left now is a dead writer's (one writer per shard);
+                # a final name no record holds is an object-store style orphan
+                if name != bare or f"{dataset}/{bare}" not in committed:
+                    self.store.delete(f"{dataset}/{name}")
+                    removed.append(f"{dataset}/{name}")
         for name in self.store.list_files(f"{COMMITS}/{shard}"):
             if name.endswith(".tmp"):
                 self.store.delete(f"{COMMITS}/{shard}/{name}")
@@ -156,6 +173,32 @@ class Checkpoint:
         return next_seq, removed
 
     def commit(self, record: CommitRecord) -> None:
-        self.store.write_json(f"{COMMITS}/{record.shard}/{record.seq:06d}.json", record.to_json())
-        for rel in record.files.values():
-            self.store.publish(rel)
+        """Commit one part whose files this store staged. Raises LockedError when this
+        process's shard lease was lost, or another writer committed the same part."""
+        lease = active_shard_lease(self.store, record.shard)
+        if lease is not None:
+            lease.check()
+        if record.writer is None:
+            record.writer = self.store.writer
+        rel = f"{COMMITS}/{record.shard}/{record.seq:06d}.json"
+        try:
+            self.store.write_json(rel, record.to_json(), exclusive=True)
+        except FileExistsError:
+            raise LockedError(
+                f"shard {record.shard}: part {record.seq} was committed by another writer"
+                f" ({self.store.display(rel)}); is a second process writing this shard?"
+            ) from None
+        for part in record.files.values():
+            self.store.publish(part, writer=record.writer)
+
+
+def _final_name(name: str) -> str:
+    """``part-S-000001.parquet`` for itself and for its temporary names
+    ``.part-S-000001.parquet.<writer>.tmp`` and (earlier versions) ``.part-…parquet.tmp``."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return name
+    inner = name[1:-4]
+    if inner.endswith(".parquet"):
+        return inner
+    head, _, _token = inner.rpartition(".")
+    return head

@@ -21,6 +21,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.genai import make_backend
 from pipeline.genai.base import Backend
+from pipeline.lease import run_lease
 from pipeline.models import PIPELINE_VERSION
 from pipeline.report import RunReport, ShardReport, estimate_cost
 from pipeline.sinks import OutputStore
@@ -257,14 +258,19 @@ def run(
     on_plan: Callable[[list[ShardSpec]], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RunResult:
-    """plan → every shard in turn → commit, in this process."""
+    """plan → every shard in turn → commit, in this process.
+
+    Holds the output's run lease from after planning (before any model call) to the end:
+    a second run on the same output is refused with LockedError naming this one."""
     started = time.monotonic()
     specs = plan(config)
     check_cost_ceiling(config)
-    if on_plan:
-        on_plan(specs)
-    reports = asyncio.run(_run_shards(specs, config, on_progress))
-    return RunResult(commit(config, reports), reports, time.monotonic() - started)
+    with run_lease(OutputStore(config.output), config.run_id):
+        if on_plan:
+            on_plan(specs)
+        reports = asyncio.run(_run_shards(specs, config, on_progress))
+        report = commit(config, reports)
+    return RunResult(report, reports, time.monotonic() - started)
 
 
 async def _run_shards(

@@ -1,8 +1,10 @@
 """Where outputs go: a local directory or any pyarrow / fsspec filesystem URI.
 
 Every write is atomic for readers. Locally a file is written under a hidden temporary
-name (``.NAME.tmp``, which never matches ``*.parquet``) and renamed; on object storage a
-single PUT (or a multipart upload completed on close) makes the object appear whole.
+name (``.NAME.<writer>.tmp``, which never matches ``*.parquet``) and renamed; on object
+storage a single PUT (or a multipart upload completed on close) makes the object appear
+whole. ``<writer>`` is a random token per ``OutputStore``: two writers never share a
+temporary file. Versions before it staged under ``.NAME.tmp`` (``writer=""`` below).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import secrets
 import uuid
 from typing import Any
 
@@ -49,6 +52,8 @@ class OutputStore:
             self.local = isinstance(filesystem, pafs.LocalFileSystem)
         else:
             self.fs, self.root, self.local = resolve_filesystem(uri)
+        #: names this writer's temporary files; commit records carry it (``writer``)
+        self.writer = secrets.token_hex(6)
 
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel) if rel else self.root
@@ -62,12 +67,15 @@ class OutputStore:
         if self.local:
             os.makedirs(self.path(posixpath.dirname(rel)), exist_ok=True)
 
-    def temp_name(self, rel: str) -> str:
-        """The hidden name a file is staged under before it is committed (local only)."""
+    def temp_name(self, rel: str, *, writer: str | None = None) -> str:
+        """The hidden name a file is staged under before it is committed (local only):
+        ``.NAME.<writer>.tmp``, this store's writer by default; ``writer=""`` gives the
+        ``.NAME.tmp`` of earlier versions."""
         if not self.local:
             return rel
         head, tail = posixpath.split(rel)
-        return posixpath.join(head, f".{tail}.tmp")
+        token = self.writer if writer is None else writer
+        return posixpath.join(head, f".{tail}.{token}.tmp" if token else f".{tail}.tmp")
 
     def stage_parquet(self, rel: str, table: pa.Table, metadata: dict[str, str]) -> int:
         """Write ``table`` so that it can be committed with ``publish``; returns bytes written.
@@ -88,15 +96,19 @@ class OutputStore:
         info = self.fs.get_file_info(target)
         return int(info.size or 0)
 
-    def publish(self, rel: str) -> None:
-        """Make a staged file visible under its final name (idempotent)."""
+    def publish(self, rel: str, *, writer: str | None = None) -> None:
+        """Make a file staged by ``writer`` (default: this store) visible under its final
+        name (idempotent)."""
         if not self.local:
             return
-        tmp = self.path(self.temp_name(rel))
+        tmp = self.path(self.temp_name(rel, writer=writer))
         if os.path.exists(tmp):
             os.replace(tmp, self.path(rel))
 
-    def write_json(self, rel: str, obj: Any) -> None:
+    def write_json(self, rel: str, obj: Any, *, exclusive: bool = False) -> None:
+        """Write ``obj`` atomically. ``exclusive``: raise FileExistsError if ``rel`` exists
+        (locally a hard link, which fails on an existing name; on object storage this will
+        be a PUT with ``if-none-match: *`` — until then it is not checked there)."""
         data = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
         self._ensure_dir(rel)
         if self.local:
@@ -106,7 +118,13 @@ class OutputStore:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            if exclusive:
+                try:
+                    os.link(tmp, final)
+                finally:
+                    os.remove(tmp)
+            else:
+                os.replace(tmp, final)
         else:
             with self.fs.open_output_stream(self.path(rel)) as sink:
                 sink.write(data)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
 from pipeline.checkpoint import OK, Checkpoint, CommitRecord, part_name
+from pipeline.errors import LockedError
 from pipeline.sinks import OutputStore
 
 
@@ -47,9 +50,9 @@ def test_recover_removes_uncommitted_and_rolls_committed_forward(tmp_path) -> No
     committed = f"embeddings/{part_name('s1', 0)}"
     store.stage_parquet(committed, pa.table({"x": [1]}), {})
     # killed after the commit record, before the rename
-    store.write_json(
-        "_state/commits/s1/000000.json", _record("s1", 0, {"embeddings": committed}).to_json()
-    )
+    record = _record("s1", 0, {"embeddings": committed})
+    record.writer = store.writer
+    store.write_json("_state/commits/s1/000000.json", record.to_json())
     # killed before the commit record: staged only
     orphan = f"embeddings/{part_name('s1', 1)}"
     store.stage_parquet(orphan, pa.table({"x": [2]}), {})
@@ -63,9 +66,9 @@ def test_recover_removes_uncommitted_and_rolls_committed_forward(tmp_path) -> No
 
     next_seq, removed = ck.recover("s1")
     assert next_seq == 1
-    assert sorted(removed) == sorted([f"embeddings/.{part_name('s1', 1)}.tmp", stray])
+    assert sorted(removed) == sorted([store.temp_name(orphan), stray])
     assert _parquet_files(str(tmp_path)) == [committed]
-    assert os.path.exists(tmp_path / "embeddings" / f".{part_name('s2', 0)}.tmp")
+    assert os.path.exists(os.path.join(str(tmp_path), store.temp_name(other)))
     # idempotent
     assert ck.recover("s1") == (1, [])
 
@@ -84,3 +87,36 @@ def test_index_follows_latest_commit_and_fingerprint(tmp_path) -> None:
     assert index.needs_embedding("doc0", "h")
     assert not index.needs_embedding("doc0", "h2")
     assert ck.load_index("other-model", None).needs_embedding("doc1", "h")
+
+
+def test_recover_reads_what_earlier_versions_left(tmp_path) -> None:
+    """Records without a ``writer`` and temporary files named ``.NAME.tmp``."""
+    store = OutputStore(str(tmp_path))
+    committed = f"embeddings/{part_name('s1', 0)}"
+    orphan = f"embeddings/{part_name('s1', 1)}"
+    for rel in (committed, orphan):
+        store.stage_parquet(rel, pa.table({"x": [1]}), {})
+        os.rename(
+            os.path.join(str(tmp_path), store.temp_name(rel)),
+            os.path.join(str(tmp_path), store.temp_name(rel, writer="")),
+        )
+    old = _record("s1", 0, {"embeddings": committed}).to_json()
+    del old["writer"]
+    store.write_json("_state/commits/s1/000000.json", old)
+    next_seq, removed = Checkpoint(store).recover("s1")
+    assert (next_seq, removed) == (1, [store.temp_name(orphan, writer="")])
+    assert _parquet_files(str(tmp_path)) == [committed]
+
+
+def test_two_writers_never_share_a_temp_name_or_a_commit(tmp_path) -> None:
+    a, b = OutputStore(str(tmp_path)), OutputStore(str(tmp_path))
+    rel = f"embeddings/{part_name('s1', 0)}"
+    assert a.temp_name(rel) != b.temp_name(rel)
+    a.stage_parquet(rel, pa.table({"x": [1]}), {})
+    b.stage_parquet(rel, pa.table({"x": [2, 2]}), {})
+    Checkpoint(a).commit(_record("s1", 0, {"embeddings": rel}))
+    with pytest.raises(LockedError, match="part 0 was committed by another writer"):
+        Checkpoint(b).commit(_record("s1", 0, {"embeddings": rel}))
+    # the committed part is a's, whole; b's staged file is left for recovery to remove
+    assert pq.read_table(os.path.join(str(tmp_path), rel)).column("x").to_pylist() == [1]
+    assert Checkpoint(b).recover("s1") == (1, [b.temp_name(rel)])
