@@ -159,7 +159,7 @@ def context_tokens(model_id: str, summary_api: str = "chat") -> int:
 
 def default_summary_input_tokens(model_id: str, summary_api: str = "chat") -> int:
     """The most document tokens one summary call reads: 7/8 of the model's context less
-    room for the instructions and the answer (command-a 228,352; 128k models 113,664;
+    room for the instructions and the answer (command-a 222,976; 128k models 110,976;
     unknown ids 27,648). The pipeline counts them as UTF-8 bytes, an upper bound, so a
     piece of English holds about a quarter of that in real tokens: never too many."""
     context = context_tokens(model_id, summary_api)
