@@ -254,7 +254,9 @@ class OciBackend(AsyncClosing):
 
     Summaries: the chat action with a prompt from :func:`build_prompt` (COHERE format for
     ``cohere.*`` models, GENERIC otherwise, unless ``chat_format`` says), or the legacy
-    summarizeText action when ``summary_api == "summarize_text"``.
+    summarizeText action when ``summary_api == "summarize_text"``. One call reads one
+    document; ``summary_input_tokens`` (default :func:`default_summary_input_tokens`) is
+    where the caller switches to map-reduce (:mod:`pipeline.mapreduce`).
     """
 
     name = "oci"
