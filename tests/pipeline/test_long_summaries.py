@@ -333,3 +333,30 @@ def test_two_mb_document_end_to_end_gets_a_summary_row(
         ("book", "summarize", 400, "InvalidParameter")
     ]
     assert report["counts"]["failures"] == 1
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_summary_input_tokens_setting_and_emulator_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline import cli
+    from pipeline.genai.emulator.server import run_from_args
+
+    src = write_corpus(str(tmp_path / "docs.parquet"), [{"doc_id": "a", "text": "Some words."}])
+    argv = ["run", "--source", src, "--output", str(tmp_path / "out"), "--backend", "hash"]
+    assert cli.main([*argv, "--summary-input-tokens", "100"]) == 2
+    assert "summary_input_tokens: must be at least 256, got 100" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "summaries").exists()
+    # a valid budget reaches the backend (and so the summarize stage)
+    config = JobConfig(source=src, output="-", backend="hash", summary_input_tokens=4096)
+    assert make_backend(config).summary_input_tokens == 4096  # type: ignore[attr-defined]
+
+    parser = cli.argparse.ArgumentParser()
+    cli._emulator_parser(parser.add_subparsers(dest="command"))
+    assert run_from_args(parser.parse_args(["emulator", "--context-tokens", "-5"])) == 2
+    assert "context_tokens must be >= 0" in capsys.readouterr().err
+    args = parser.parse_args(["emulator", "--context-tokens", "2000"])
+    assert args.context_tokens == 2000
+    assert EmulatorConfig().replace(context_tokens=args.context_tokens).context_tokens == 2000
