@@ -305,7 +305,11 @@ def test_two_mb_document_end_to_end_gets_a_summary_row(
 ) -> None:
     """Through the runner with --backend oci: the 2 MB document is summarized map-reduce
     (its row records the calls), beside small documents summarized in one call each.
-    With the budget raised past the context window, it is a 400 in the dead letter."""
+    With the budget raised past the context window, it is a 400 in the dead letter.
+
+    Passes once the shard's summarize stage calls ``pipeline.mapreduce.summarize_document``
+    for each document and writes ``SummaryResult.calls`` as ``summary_calls`` (the
+    pipeline/shard/ stages); the old stage.py sends the whole text in one call."""
     rows = [{"doc_id": "book", "text": book}] + [
         {"doc_id": f"d{i}", "text": d["text"]} for i, d in enumerate(stdlib_docs[:5])
     ]
