@@ -32,6 +32,7 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--no-summaries", dest="summaries", action="store_const", const=False)
     p.add_argument("--summary-length", choices=("SHORT", "MEDIUM", "LONG", "AUTO"))
     p.add_argument("--summary-format", choices=("PARAGRAPH", "BULLETS", "AUTO"))
+    p.add_argument("--summary-input-tokens", type=int, help="longer documents: map-reduce")
     p.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model limit)")
     p.add_argument("--chunk-overlap", type=int, help="tokens shared by neighbouring chunks")
     p.add_argument("--id-column")
@@ -96,6 +97,7 @@ def _emulator_parser(sub: Any) -> None:
         p.add_argument(f"--{kind}-rate", type=float, help="probability per request, 0..1")
     p.add_argument("--timeout-s", type=float, help="how long a timeout fault stalls")
     p.add_argument("--reject-substring", help="refuse embed inputs containing this (400)")
+    p.add_argument("--context-tokens", type=int, help="every model's context (0: per model)")
     p.add_argument("--seed", type=int)
     p.add_argument("-v", "--verbose", action="store_true")
 

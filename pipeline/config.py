@@ -57,6 +57,9 @@ class JobConfig:
     summary_length: str = "SHORT"
     summary_format: str = "PARAGRAPH"
     summary_extractiveness: str = "AUTO"
+    # most tokens (UTF-8 bytes) of text one summary call reads; longer documents are
+    # summarized map-reduce. None: the summary model's default (pipeline.mapreduce)
+    summary_input_tokens: int | None = None
     # chunking (tokens; None = the backend's per-input limit)
     chunk_tokens: int | None = None
     chunk_overlap: int = 32
@@ -113,6 +116,10 @@ class JobConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be at least 1 when set, got {value}")
+        if self.summary_input_tokens is not None and self.summary_input_tokens < 256:
+            raise ConfigError(
+                f"summary_input_tokens: must be at least 256, got {self.summary_input_tokens}"
+            )
         if self.chunk_tokens is not None and self.chunk_tokens < 16:
             raise ConfigError(f"chunk_tokens: must be at least 16, got {self.chunk_tokens}")
         limit = self.chunk_tokens or _BACKEND_DEFAULTS[self.backend][2]

@@ -10,24 +10,46 @@ from typing import Any
 
 from pipeline.chunking import ChunkSettings
 from pipeline.config import JobConfig
-from pipeline.genai.base import Backend
+from pipeline.genai.base import Backend, SummarySettings
+from pipeline.mapreduce import MAPREDUCE_VERSION
+
+
+def summary_settings(config: JobConfig) -> SummarySettings:
+    """The summary settings a job asks for."""
+    return SummarySettings(
+        length=config.summary_length,
+        format=config.summary_format,
+        extractiveness=config.summary_extractiveness,
+    )
 
 
 def fingerprints(
     config: JobConfig, backend: Backend, chunking: ChunkSettings
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``(embed fingerprint, summary fingerprint or None when summaries are off)``."""
+    """``(embed fingerprint, summary fingerprint or None when summaries are off)``.
+
+    The summary fingerprint holds the backend and model id, the length, format and
+    extractiveness, the input budget beyond which a document is summarized map-reduce
+    (with the map-reduce version, as it changes those summaries), and whatever the
+    backend's ``summary_fingerprint(settings)`` adds (for oci: the action, chat format,
+    prompt version, temperature, answer token cap and serving mode)."""
     embed = {
         **backend.fingerprint(),
         "chunking": chunking.fingerprint(backend.token_counter),
     }
-    summary = None
+    summary: dict[str, Any] | None = None
     if config.summaries:
+        settings = summary_settings(config)
         summary = {
             "backend": backend.name,
             "model_id": backend.summary_model_id,
-            "length": config.summary_length,
-            "format": config.summary_format,
-            "extractiveness": config.summary_extractiveness,
+            "length": settings.length,
+            "format": settings.format,
+            "extractiveness": settings.extractiveness,
+            "input_tokens": getattr(backend, "summary_input_tokens", None),
+            "mapreduce": MAPREDUCE_VERSION,
         }
+        extra = getattr(backend, "summary_fingerprint", None)
+        if extra is not None:
+            summary.update(extra(settings))
     return embed, summary

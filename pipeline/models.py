@@ -130,6 +130,8 @@ SUMMARIES_SCHEMA = pa.schema(
         pa.field("prompt_fingerprint", pa.string(), nullable=False),
         pa.field("input_tokens", pa.int32()),
         pa.field("output_tokens", pa.int32()),
+        # model calls the summary took: 1, or more for a long document (map-reduce)
+        pa.field("summary_calls", pa.int32()),
         pa.field("content_hash", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),

@@ -16,11 +16,11 @@ def make_backend(config: JobConfig) -> Backend:
     if config.backend == "local":
         from pipeline.genai.local import LocalBackend
 
-        return LocalBackend()
+        return LocalBackend(summary_input_tokens=config.summary_input_tokens)
     if config.backend == "hash":
         from pipeline.genai.hashembed import HashBackend
 
-        return HashBackend(dim=config.dim)
+        return HashBackend(dim=config.dim, summary_input_tokens=config.summary_input_tokens)
     if config.backend == "oci":
         from pipeline.genai.oci_backend import OciBackend
 

@@ -57,12 +57,17 @@ class EmbedResult:
 
 @dataclass(frozen=True, slots=True)
 class SummaryResult:
+    """One document's summary. ``input_tokens``/``output_tokens`` are the service's usage
+    figures summed over the ``calls`` model calls it took (more than one when the document
+    was summarized map-reduce, see :mod:`pipeline.mapreduce`); None when not reported."""
+
     summary: str
     model_id: str
     model_version: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
     request_id: str | None = None
+    calls: int = 1
 
 
 @runtime_checkable
@@ -79,7 +84,14 @@ class TokenCounter(Protocol):
 
 
 class Backend(Protocol):
-    """A model backend. Methods are async; a backend is an async context manager."""
+    """A model backend. Methods are async; a backend is an async context manager.
+
+    Optional members, read with ``getattr``: ``summary_input_tokens`` (int or None), the
+    most tokens of document text one summary call may read, counted with
+    :func:`pipeline.mapreduce.upper_bound_tokens` (longer documents are summarized
+    map-reduce; None: no limit); ``summary_fingerprint(settings)``, the backend's settings
+    that change a summary; ``summarize_many(texts, settings)``, a batched summarize.
+    """
 
     name: str
     embed_model_id: str

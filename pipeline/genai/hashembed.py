@@ -85,7 +85,12 @@ class HashBackend(AsyncClosing):
     max_batch_tokens: int | None = None
 
     def __init__(
-        self, *, dim: int = 384, max_input_tokens: int = 256, max_batch_inputs: int = 96
+        self,
+        *,
+        dim: int = 384,
+        max_input_tokens: int = 256,
+        max_batch_inputs: int = 96,
+        summary_input_tokens: int | None = None,
     ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be at least 1, got {dim}")
@@ -94,6 +99,9 @@ class HashBackend(AsyncClosing):
         self.max_input_tokens = max_input_tokens
         self.max_batch_inputs = max_batch_inputs
         self.token_counter: TokenCounter = RegexTokenCounter()
+        # None by default: a lead summary reads only the head, whatever the length; a
+        # budget makes load tests exercise map-reduce without a model
+        self.summary_input_tokens = summary_input_tokens
 
     def fingerprint(self) -> dict[str, object]:
         return {
@@ -102,6 +110,9 @@ class HashBackend(AsyncClosing):
             "dim": self.dim,
             "normalize": True,
         }
+
+    def summary_fingerprint(self, settings: SummarySettings) -> dict[str, object]:
+        return {"summarizer": f"lead-{_LEAD_CHARS}"}
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         return hash_vectors(texts, self.dim)

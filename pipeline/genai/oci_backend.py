@@ -29,11 +29,14 @@ if TYPE_CHECKING:
     from pipeline.config import JobConfig
 
 __all__ = [
+    "PROMPT_VERSION",
     "GenerateResult",
     "OciBackend",
     "RerankResult",
     "Utf8ByteCounter",
     "build_prompt",
+    "context_tokens",
+    "default_summary_input_tokens",
     "embedding_dim",
     "serving_mode",
 ]
@@ -57,6 +60,27 @@ _EXTRACTIVE_TEXT = {
 # finish reasons after which another try gives the same refusal (Cohere and GENERIC)
 _REFUSED = frozenset({"ERROR", "ERROR_TOXIC", "ERROR_LIMIT", "CONTENT_FILTER"})
 _TEMPERATURE = 0.2  # what the OCI summarization page advises
+#: bump when build_prompt, _MAX_TOKENS or the chat request change: the summary
+#: fingerprint holds it, so a new prompt re-summarizes
+PROMPT_VERSION = "1"
+# Context windows (tokens) of the chat models, by model id prefix; the longest prefix
+# wins. Unknown ids and dedicated endpoints (whose model the id does not name) get the
+# conservative default; set --summary-input-tokens for them.
+_CONTEXT_TOKENS = {
+    "cohere.command-a": 256_000,
+    "cohere.command-r": 128_000,
+    "cohere.command": 4_096,  # the legacy command / command-light (summarizeText)
+    "meta.llama-3-": 8_192,
+    "meta.llama-3.1": 128_000,
+    "meta.llama-3.2": 128_000,
+    "meta.llama-3.3": 128_000,
+    "meta.llama-4": 128_000,
+    "openai.gpt": 128_000,
+    "xai.grok": 128_000,
+}
+_DEFAULT_CONTEXT = 32_768
+# room left in the context for the instructions (~100 tokens) and the answer (<= 800)
+_PROMPT_RESERVE = 1_024
 
 
 class Utf8ByteCounter:
@@ -119,6 +143,27 @@ def _max_input_tokens(model_id: str) -> int:
     if "-v3" in model_id and "image" not in model_id:
         return 512
     return 128_000
+
+
+def context_tokens(model_id: str, summary_api: str = "chat") -> int:
+    """The context window of a summary model, in tokens (see ``_CONTEXT_TOKENS``). The
+    legacy summarizeText action is only served by cohere.command, so a dedicated endpoint
+    used with it gets that model's window."""
+    matches = [p for p in _CONTEXT_TOKENS if model_id.startswith(p)]
+    if matches:
+        return _CONTEXT_TOKENS[max(matches, key=len)]
+    if summary_api == "summarize_text":
+        return _CONTEXT_TOKENS["cohere.command"]
+    return _DEFAULT_CONTEXT
+
+
+def default_summary_input_tokens(model_id: str, summary_api: str = "chat") -> int:
+    """The most document tokens one summary call reads: 7/8 of the model's context less
+    room for the instructions and the answer (command-a 222,976; 128k models 110,976;
+    unknown ids 27,648). The pipeline counts them as UTF-8 bytes, an upper bound, so a
+    piece of English holds about a quarter of that in real tokens: never too many."""
+    context = context_tokens(model_id, summary_api)
+    return context - context // 8 - _PROMPT_RESERVE
 
 
 def build_prompt(text: str, settings: SummarySettings) -> str:
@@ -209,7 +254,9 @@ class OciBackend(AsyncClosing):
 
     Summaries: the chat action with a prompt from :func:`build_prompt` (COHERE format for
     ``cohere.*`` models, GENERIC otherwise, unless ``chat_format`` says), or the legacy
-    summarizeText action when ``summary_api == "summarize_text"``.
+    summarizeText action when ``summary_api == "summarize_text"``. One call reads one
+    document; ``summary_input_tokens`` (default :func:`default_summary_input_tokens`) is
+    where the caller switches to map-reduce (:mod:`pipeline.mapreduce`).
     """
 
     name = "oci"
@@ -227,6 +274,7 @@ class OciBackend(AsyncClosing):
         output_dimensions: int | None = None,
         summary_api: str = "chat",
         chat_format: str | None = None,
+        summary_input_tokens: int | None = None,
     ) -> None:
         if not compartment_id:
             raise ConfigError(
@@ -243,6 +291,10 @@ class OciBackend(AsyncClosing):
         self.summary_api = summary_api
         self.chat_format = chat_format or (
             "COHERE" if summary_model_id.startswith("cohere.") else "GENERIC"
+        )
+        #: documents longer than this are summarized map-reduce (pipeline.mapreduce)
+        self.summary_input_tokens: int | None = (
+            summary_input_tokens or default_summary_input_tokens(summary_model_id, summary_api)
         )
         self.dim = embedding_dim(embed_model_id, output_dimensions)
         self.max_input_tokens = _max_input_tokens(embed_model_id)
@@ -304,6 +356,7 @@ class OciBackend(AsyncClosing):
             output_dimensions=config.output_dimensions,
             summary_api=config.summary_api,
             chat_format=config.chat_format,
+            summary_input_tokens=config.summary_input_tokens,
         )
 
     def __repr__(self) -> str:
@@ -317,6 +370,20 @@ class OciBackend(AsyncClosing):
             "input_type": self.input_type,
             "truncate": self.truncate,
             "serving": self._embed_serving["servingType"],
+        }
+
+    def summary_fingerprint(self, settings: SummarySettings) -> dict[str, object]:
+        """The settings of this backend that change a summary (beside the model id and
+        ``settings``, which the caller records): the action, the chat format, the prompt's
+        version, temperature, the answer's token cap and the serving mode."""
+        chat = self.summary_api == "chat"
+        return {
+            "summary_api": self.summary_api,
+            "chat_format": self.chat_format if chat else None,
+            "prompt_version": PROMPT_VERSION if chat else None,
+            "temperature": _TEMPERATURE,
+            "max_tokens": _MAX_TOKENS.get(settings.length, 400) if chat else None,
+            "serving": self._summary_serving["servingType"],
         }
 
     # ------------------------------------------------------------------ embeddings

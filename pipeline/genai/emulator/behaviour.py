@@ -35,7 +35,8 @@ class EmulatorConfig:
     Rates are probabilities per request (0..1). The fault kinds are mutually exclusive:
     one uniform draw per request is compared against the stacked rates, so their sum must
     not exceed 1. ``rpm``/``tpm`` of 0 mean unlimited. ``dim`` of 0 means the model's own
-    default dimension. ``retry_after`` of 0 sends no ``retry-after`` header on 429.
+    default dimension; ``context_tokens`` of 0, each model's own context window.
+    ``retry_after`` of 0 sends no ``retry-after`` header on 429.
     Limits are token buckets refilled continuously at ``rpm``/60 requests (``tpm``/60
     tokens) per second, holding at most ``burst_s`` seconds' worth (at least one request):
     like an API gateway, not a fixed minute, so a client cannot burst a minute's budget.
@@ -56,12 +57,13 @@ class EmulatorConfig:
     wrong_count_rate: float = 0.0
     wrong_dim_rate: float = 0.0
     reject_substring: str | None = None
+    context_tokens: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.embedder not in EMBEDDERS:
             raise ValueError(f"embedder must be one of {EMBEDDERS}, got {self.embedder!r}")
-        for name in ("dim", "rpm", "tpm"):
+        for name in ("dim", "rpm", "tpm", "context_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if not self.burst_s > 0:

@@ -183,13 +183,14 @@ class EmulatorApp:
             raise ApiError(400, "CannotParseRequest", "the request body is not a JSON object")
         if action == "embedText":
             return actions.prepare_embed(details, cfg.embedder, cfg.dim, cfg.reject_substring)
+        if action == "rerankText":
+            return actions.prepare_rerank(details, cfg.embedder)
         prepare = {
             "chat": actions.prepare_chat,
             "summarizeText": actions.prepare_summarize,
             "generateText": actions.prepare_generate,
-            "rerankText": actions.prepare_rerank,
         }[action]
-        return prepare(details, cfg.embedder)
+        return prepare(details, cfg.embedder, cfg.context_tokens)
 
     @staticmethod
     def _embed_fault(payload: dict[str, Any], fault: str | None) -> dict[str, Any]:
