@@ -47,6 +47,7 @@ only :meth:`Breaker.admit` (the probe gate) is async.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -215,9 +216,10 @@ class Breaker:
     # ------------------------------------------------------------------ the gate
 
     def check(self) -> None:
-        """Raise the trip error, if tripped."""
+        """Raise the trip error, if tripped: a copy each time, so the tracebacks of the
+        many requests it stops do not pile up on one exception object."""
         if self.tripped is not None:
-            raise self.tripped
+            raise copy.copy(self.tripped).with_traceback(None)
 
     def probing(self, op: str) -> bool:
         """True while ``op``'s requests go one at a time (see the module doc)."""
@@ -342,16 +344,16 @@ class Breaker:
         )
 
     def _wrong_size(self, exc: DimensionMismatchError) -> ConfigError:
-        head = (
-            f"the endpoint returns {exc.got}-d vectors; the job expects {exc.expected}"
-            f" (embed model {self.target.embed_model!r})"
-        )
+        head = f"the endpoint returns {exc.got}-d vectors; the job expects {exc.expected}"
         flag = self.target.dim_setting
         if flag == "--output-dimensions" and exc.got in _OUTPUT_DIMS:
             return ConfigError(f"{head}: set --output-dimensions {exc.got}")
         if flag == "--dim":
             return ConfigError(f"{head}: set --dim {exc.got}")
-        return ConfigError(f"{head}: set --embed-model to the model this endpoint serves")
+        return ConfigError(
+            f"{head} (embed model {self.target.embed_model!r}): set --embed-model to the"
+            " model this endpoint serves"
+        )
 
     def _refused(self, op: str, seen: list[GenAIError]) -> ConfigError:
         last = seen[-1]
