@@ -62,6 +62,7 @@ from pipeline.errors import (
     GenAIError,
     OutageError,
     PipelineError,
+    ThrottledError,
 )
 
 __all__ = [
@@ -287,6 +288,9 @@ class Breaker:
             self._wake()
         if exc.retryable:
             self._attempts_failed_in_row += 1
+        elif exc.status is not None and self._attempts_failed_in_row:
+            self._attempts_failed_in_row = 0  # the service answered: it is up
+            self._wake()
         self.check()
 
     def gave_up(self, op: str, exc: GenAIError, inputs: int = 1) -> GenAIError:
@@ -305,9 +309,10 @@ class Breaker:
             ):
                 self._trip(self._outage(exc, now - self._failing_since))
             return exc
-        # the service answered: whatever this is, it is not an outage
-        self._failed_in_row = 0
-        self._failing_since = None
+        if exc.status is not None:
+            # the service answered: whatever this is, it is not an outage
+            self._failed_in_row = 0
+            self._failing_since = None
         if exc.status == 400 and inputs == 1 and op not in self._succeeded:
             seen = self._rejected.setdefault(op, [])
             seen.append(exc)
@@ -365,10 +370,15 @@ class Breaker:
 
     def _outage(self, exc: GenAIError, seconds: float) -> OutageError:
         what = f"{exc.status} {exc.code or ''}".strip() if exc.status else type(exc).__name__
+        hint = (
+            "; the service is throttling this run: lower --max-rpm or --max-in-flight"
+            if isinstance(exc, ThrottledError)
+            else ""
+        )
         return OutageError(
             f"the service failed the last {self._failed_in_row} requests after retries"
             f" over {seconds:.0f} s (last: {what}: {exc}); stopping;"
-            " committed work is kept, re-run to resume"
+            f" committed work is kept, re-run to resume{hint}"
         )
 
 

@@ -5,7 +5,9 @@ inputs per call and tokens per call), sends them concurrently under the shared
 ``Budget``, retries what is retryable with jittered exponential back-off (honouring a
 server's Retry-After), and splits a batch the service rejects (400) in halves until the
 offending input stands alone; that input becomes a ``Failure`` and the rest succeed.
-Results are aligned 1:1 with the inputs, checked on every response.
+Results are aligned 1:1 with the inputs, checked on every response. Every outcome goes
+to the ``Breaker`` (``pipeline.breaker``), which paces the first requests and stops the
+run with one error on a wrong setting or a sustained outage.
 """
 
 from __future__ import annotations
@@ -118,6 +120,20 @@ class Caller:
         """Send one request (``op``: embed or summary, of ``inputs`` inputs) with retries.
         Returns (result, attempts). Every outcome goes to the breaker, which raises
         ConfigError / OutageError / AuthError instead when the run must stop."""
+        try:
+            # the breaker holds a request across its retries (see breaker.py, pacing)
+            async with self.breaker.admit(op):
+                return await self._attempts(fn, tokens, chars, op)
+        except GenAIError as exc:
+            final = self.breaker.gave_up(op, exc, inputs)
+            if final is exc:
+                raise
+            raise final from None
+
+    async def _attempts(
+        self, fn: Callable[[], Awaitable[T]], tokens: int, chars: int, op: str
+    ) -> tuple[T, int]:
+        """The tries of one request, as tenacity schedules them."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=_Wait(),
@@ -126,46 +142,37 @@ class Caller:
             sleep=self.sleep,
             before_sleep=self._log_retry,
         )
-        breaker = self.breaker
         attempts = 0
-        try:
-            # the breaker holds a request across its retries (see breaker.py, probing)
-            async with breaker.admit(op):
-                async for attempt in retrying:
-                    with attempt:
-                        attempts += 1
-                        if attempts > 1:
-                            self.stats.retries += 1
-                            breaker.check()  # tripped meanwhile: do not send again
-                        async with self.budget.slot(tokens):
-                            started = time.monotonic()
-                            self.stats.calls += 1
-                            self.stats.input_tokens += tokens
-                            self.stats.input_chars += chars
-                            try:
-                                result = await fn()
-                            except ThrottledError as exc:
-                                exc.attempts = attempts
-                                self.stats.throttled += 1
-                                self.budget.concurrency.on_throttle(time.monotonic() - started)
-                                self.budget.rate.on_throttle(exc.retry_after)
-                                breaker.failed(op, exc)
-                                raise
-                            except GenAIError as exc:
-                                exc.attempts = attempts
-                                self.stats.errors += 1
-                                breaker.failed(op, exc)
-                                raise
-                            self.stats.latencies_ms.append((time.monotonic() - started) * 1000.0)
-                            self.budget.concurrency.on_success()
-                            self.budget.rate.on_success()
-                            breaker.succeeded(op)
-                        return result, attempts
-        except GenAIError as exc:
-            final = breaker.gave_up(op, exc, inputs)
-            if final is exc:
-                raise
-            raise final from None
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                if attempts > 1:
+                    self.stats.retries += 1
+                    self.breaker.check()  # tripped meanwhile: do not send again
+                async with self.budget.slot(tokens):
+                    started = time.monotonic()
+                    self.stats.calls += 1
+                    self.stats.input_tokens += tokens
+                    self.stats.input_chars += chars
+                    try:
+                        result = await fn()
+                    except ThrottledError as exc:
+                        exc.attempts = attempts
+                        self.stats.throttled += 1
+                        self.budget.concurrency.on_throttle(time.monotonic() - started)
+                        self.budget.rate.on_throttle(exc.retry_after)
+                        self.breaker.failed(op, exc)
+                        raise
+                    except GenAIError as exc:
+                        exc.attempts = attempts
+                        self.stats.errors += 1
+                        self.breaker.failed(op, exc)
+                        raise
+                    self.stats.latencies_ms.append((time.monotonic() - started) * 1000.0)
+                    self.budget.concurrency.on_success()
+                    self.budget.rate.on_success()
+                    self.breaker.succeeded(op)
+                return result, attempts
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     def _log_retry(self, state: RetryCallState) -> None:

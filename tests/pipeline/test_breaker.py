@@ -216,6 +216,43 @@ def test_outage_by_time_needs_a_few_requests_over_the_window() -> None:
         b.gave_up("embed", _unavailable())
 
 
+def test_throttling_outage_names_the_limits_to_lower() -> None:
+    from pipeline.errors import ThrottledError
+
+    b = _breaker(outage_requests=2)
+    b.gave_up("embed", ThrottledError("slow down", status=429, code="TooManyRequests"))
+    with pytest.raises(OutageError, match="lower --max-rpm or --max-in-flight"):
+        b.gave_up("embed", ThrottledError("slow down", status=429, code="TooManyRequests"))
+
+
+def test_an_error_made_here_is_no_answer_from_the_service() -> None:
+    b = _breaker(outage_requests=3)
+    b.gave_up("embed", _unavailable())
+    b.gave_up("embed", _unavailable())
+    # e.g. a text that cannot be encoded as JSON: never sent, says nothing of the service
+    local = BadRequestError("the request cannot be encoded as JSON")
+    assert b.gave_up("embed", local) is local
+    with pytest.raises(OutageError):
+        b.gave_up("embed", _unavailable())
+
+
+def test_pacing_while_probing_failing_and_open() -> None:
+    b = _breaker(max_in_progress=32)
+    assert b.limit("embed") == 1 and b.limit("summary") == 1  # probing, each on its own
+    b.failed("embed", _unavailable())  # a 503 says nothing of the settings
+    assert b.limit("embed") == 32 and b.limit("summary") == 1
+    for _ in range(7):
+        b.failed("embed", _unavailable())
+    assert b.failing() and b.limit("embed") == 4  # new requests do not pour in
+    b.failed("embed", _rejected())  # the service answered: it is up
+    assert not b.failing() and b.limit("embed") == 32
+    for _ in range(8):
+        b.failed("embed", TransportError("reset"))
+    assert b.limit("embed") == 4
+    b.succeeded("embed")
+    assert b.limit("embed") == 32
+
+
 def test_thresholds_are_validated() -> None:
     with pytest.raises(ValueError, match="outage_requests"):
         _breaker(outage_requests=0)
