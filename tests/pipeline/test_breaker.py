@@ -426,3 +426,54 @@ def test_after_a_trip_nothing_more_is_sent() -> None:
     assert sorted(seen[2:]) == ["stopped 1", "stopped 2", "stopped 3"]
     with pytest.raises(ConfigError):
         b.gave_up("embed", GenAIError("late"))
+
+
+# ------------------------------------------------------------------ through a whole shard
+
+
+def test_an_outage_mid_run_keeps_what_was_committed_and_a_rerun_resumes(tmp_path) -> None:
+    import pyarrow.dataset as ds
+
+    from pipeline.config import JobConfig
+    from pipeline.runner import plan, run_shard
+    from tests.conftest import write_corpus
+
+    n = 400
+    docs = [{"doc_id": f"d{i:03d}", "text": f"Document {i} says something."} for i in range(n)]
+    write_corpus(str(tmp_path / "docs.parquet"), docs)
+    down = {"after": 30}
+
+    def script(call: int, op: str, texts: list[str]) -> None:
+        if down["after"] and call > down["after"]:
+            raise _unavailable()
+
+    backend = Scripted(script)
+    config = JobConfig(
+        source=str(tmp_path / "docs.parquet"),
+        output=str(tmp_path / "out"),
+        backend="hash",
+        max_attempts=2,
+        batch_docs=8,
+        progress=False,
+    )
+
+    def rows(name: str) -> list[dict]:
+        return ds.dataset(str(tmp_path / "out" / name)).to_table().to_pylist()
+
+    (spec,) = plan(config)
+    with pytest.raises(OutageError):
+        run_shard(spec, config, backend=backend)  # type: ignore[arg-type]
+    sent = len(backend.calls)
+    # 30 answered, then 20 requests of 2 tries and the few in progress at the stop;
+    # without it, every one of the 450 remaining requests would be tried twice
+    assert 30 + 2 * 20 <= sent <= 30 + 2 * (20 + 8)
+    kept = {r["doc_id"] for r in rows("embeddings")}
+    assert 0 < len(kept) < n  # the parts done before the outage stay committed
+    assert not [f for f in rows("failures") if f["permanent"]]
+    down["after"] = 0
+    backend.calls.clear()
+    report = run_shard(spec, config, backend=backend)  # type: ignore[arg-type]
+    assert report["counts"]["documents_skipped"] == len(kept)
+    embedded = [r["doc_id"] for r in rows("embeddings")]
+    assert sorted(embedded) == [d["doc_id"] for d in docs]  # each exactly once
+    assert sorted(r["doc_id"] for r in rows("summaries")) == [d["doc_id"] for d in docs]
