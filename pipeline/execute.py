@@ -5,7 +5,9 @@ inputs per call and tokens per call), sends them concurrently under the shared
 ``Budget``, retries what is retryable with jittered exponential back-off (honouring a
 server's Retry-After), and splits a batch the service rejects (400) in halves until the
 offending input stands alone; that input becomes a ``Failure`` and the rest succeed.
-Results are aligned 1:1 with the inputs, checked on every response.
+Results are aligned 1:1 with the inputs, checked on every response. Every outcome goes
+to the ``Breaker`` (``pipeline.breaker``), which paces the first requests and stops the
+run with one error on a wrong setting or a sustained outage.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from pipeline.breaker import EMBED, SUMMARY, Breaker, DimensionMismatchError
 from pipeline.errors import (
     AuthError,
     BadRequestError,
@@ -91,17 +94,46 @@ class Caller:
         *,
         max_attempts: int = 6,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        breaker: Breaker | None = None,
     ) -> None:
         self.backend = backend
         self.budget = budget
         self.max_attempts = max_attempts
         self.sleep = sleep
         self.stats = CallStats()
+        # sees every outcome; stops the run on a wrong setting or an outage (breaker.py)
+        self.breaker = breaker or Breaker.for_backend(
+            backend, max_in_progress=2 * budget.concurrency.maximum
+        )
 
     # ------------------------------------------------------------------ one request
 
-    async def _call(self, fn: Callable[[], Awaitable[T]], tokens: int, chars: int) -> tuple[T, int]:
-        """Send one request with retries. Returns (result, attempts)."""
+    async def _call(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        tokens: int,
+        chars: int,
+        *,
+        op: str = EMBED,
+        inputs: int = 1,
+    ) -> tuple[T, int]:
+        """Send one request (``op``: embed or summary, of ``inputs`` inputs) with retries.
+        Returns (result, attempts). Every outcome goes to the breaker, which raises
+        ConfigError / OutageError / AuthError instead when the run must stop."""
+        try:
+            # the breaker holds a request across its retries (see breaker.py, pacing)
+            async with self.breaker.admit(op):
+                return await self._attempts(fn, tokens, chars, op)
+        except GenAIError as exc:
+            final = self.breaker.gave_up(op, exc, inputs)
+            if final is exc:
+                raise
+            raise final from None
+
+    async def _attempts(
+        self, fn: Callable[[], Awaitable[T]], tokens: int, chars: int, op: str
+    ) -> tuple[T, int]:
+        """The tries of one request, as tenacity schedules them."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=_Wait(),
@@ -116,6 +148,7 @@ class Caller:
                 attempts += 1
                 if attempts > 1:
                     self.stats.retries += 1
+                    self.breaker.check()  # tripped meanwhile: do not send again
                 async with self.budget.slot(tokens):
                     started = time.monotonic()
                     self.stats.calls += 1
@@ -128,14 +161,17 @@ class Caller:
                         self.stats.throttled += 1
                         self.budget.concurrency.on_throttle(time.monotonic() - started)
                         self.budget.rate.on_throttle(exc.retry_after)
+                        self.breaker.failed(op, exc)
                         raise
                     except GenAIError as exc:
                         exc.attempts = attempts
                         self.stats.errors += 1
+                        self.breaker.failed(op, exc)
                         raise
                     self.stats.latencies_ms.append((time.monotonic() - started) * 1000.0)
                     self.budget.concurrency.on_success()
                     self.budget.rate.on_success()
+                    self.breaker.succeeded(op)
                 return result, attempts
         raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -184,6 +220,7 @@ class Caller:
                 lambda: self._checked_embed(group),
                 sum(tokens[i] for i in idx),
                 sum(len(t) for t in group),
+                inputs=len(group),
             )
         except AuthError:
             raise  # every request would fail the same way: stop the run, with this error
@@ -217,8 +254,11 @@ class Caller:
                 request_id=result.request_id,
             )
         if vectors.shape[1] != self.backend.dim:
-            raise BadResponseError(
+            # its own class: the breaker tells a stray answer from a consistent wrong size
+            raise DimensionMismatchError(
                 f"embed answer has dimension {vectors.shape[1]}, expected {self.backend.dim}",
+                got=int(vectors.shape[1]),
+                expected=self.backend.dim,
                 request_id=result.request_id,
             )
         return result
@@ -249,7 +289,11 @@ class Caller:
             # local models: one batched pass is far cheaper than one call per document
             try:
                 results, _ = await self._call(
-                    lambda: many(list(texts), settings), sum(tokens), sum(map(len, texts))
+                    lambda: many(list(texts), settings),
+                    sum(tokens),
+                    sum(map(len, texts)),
+                    op=SUMMARY,
+                    inputs=len(texts),
                 )
                 return list(results), failures
             except AuthError:
@@ -260,7 +304,10 @@ class Caller:
         async def one(i: int) -> None:
             try:
                 out[i], _ = await self._call(
-                    lambda: self.backend.summarize(texts[i], settings), tokens[i], len(texts[i])
+                    lambda: self.backend.summarize(texts[i], settings),
+                    tokens[i],
+                    len(texts[i]),
+                    op=SUMMARY,
                 )
             except AuthError:
                 raise

@@ -285,7 +285,8 @@ def test_failures_record_the_tries_really_made() -> None:
     from pipeline.errors import ServiceError
 
     def script(n: int, texts: list[str]) -> None:
-        raise ServiceError("not found", status=404, code="NotFound")
+        # a permanent error the breaker lets through (a 404 would stop the run: breaker.py)
+        raise ServiceError("conflict", status=409, code="Conflict")
 
     out, failures = asyncio.run(_caller(Scripted(script), [], attempts=5).embed(_texts(2), [1, 1]))
     assert out == [None, None]

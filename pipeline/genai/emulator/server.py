@@ -19,7 +19,7 @@ import struct
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
 from typing import Any, Self
 
@@ -80,9 +80,17 @@ class _Dropped(Exception):
 class EmulatorApp:
     """The aiohttp application and the state it serves from."""
 
-    def __init__(self, behaviour: Behaviour, verifier: SignatureVerifier | None) -> None:
+    def __init__(
+        self,
+        behaviour: Behaviour,
+        verifier: SignatureVerifier | None,
+        missing_models: set[str] | None = None,
+    ) -> None:
         self.behaviour = behaviour
         self.verifier = verifier
+        # model ids (or endpoint OCIDs) answered 404, as the service answers an unknown
+        # model; shared with Emulator.missing_models, so a test may change it at any time
+        self.missing_models = missing_models if missing_models is not None else set()
         self.engine = Engine()
         self.app = web.Application(client_max_size=_MAX_BODY, middlewares=[self._middleware])
         self.app.router.add_post(API_PREFIX + "{action}", self._action)
@@ -128,6 +136,8 @@ class EmulatorApp:
         self._authenticate(request, body)
         cfg = self.behaviour.config
         job = self._prepare(action, body, cfg)
+        if self.missing_models:
+            self._check_model(body)
         if not self.behaviour.admit(job.tokens):
             self.behaviour.count("throttled")
             response = _error(429, "TooManyRequests", "Too many requests for the tenancy")
@@ -170,6 +180,17 @@ class EmulatorApp:
         except AuthError as exc:
             self.behaviour.count("unauthenticated")
             raise ApiError(401, "NotAuthenticated", str(exc)) from None
+
+    def _check_model(self, body: bytes) -> None:
+        """404 for a model in ``missing_models`` (the body was validated by _prepare)."""
+        mode = orjson.loads(body).get("servingMode") or {}
+        model = mode.get("modelId") or mode.get("endpointId")
+        if model in self.missing_models:
+            raise ApiError(
+                404,
+                "NotAuthorizedOrNotFound",
+                f"Authorization failed or requested resource not found: model {model!r}",
+            )
 
     @staticmethod
     def _prepare(action: str, body: bytes, cfg: EmulatorConfig) -> Job:
@@ -247,8 +268,11 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         backlog: int = 1024,
+        missing_models: Collection[str] = (),
     ) -> None:
         self.behaviour = Behaviour(config or EmulatorConfig())
+        #: model ids answered 404 NotAuthorizedOrNotFound (mutable while serving)
+        self.missing_models: set[str] = set(missing_models)
         self.verifier = SignatureVerifier(oci_config, profile) if oci_config else None
         self.host = host
         self.port = port
@@ -283,7 +307,7 @@ class Emulator:
     async def _serve(self, on_ready: Callable[[], None], handle_signals: bool) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = EmulatorApp(self.behaviour, self.verifier)
+        server = EmulatorApp(self.behaviour, self.verifier, self.missing_models)
         # no access log: at thousands of requests/s it costs more than the answers;
         # a short shutdown_timeout so requests parked by the timeout fault end on stop
         runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=1.0)
