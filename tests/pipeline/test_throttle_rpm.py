@@ -4,6 +4,7 @@ paces requests at exactly that rate (below 10 rpm the limiter once refused to st
 from __future__ import annotations
 
 import asyncio
+import itertools
 import selectors
 from typing import Any
 
@@ -59,7 +60,7 @@ def _slot_times(max_rpm: int, requests: int) -> list[float]:
 def test_every_rpm_of_at_least_one_paces_at_that_rate(max_rpm: int) -> None:
     times = _slot_times(max_rpm, 6)
     assert times[0] == pytest.approx(0.0, abs=1e-6)  # the first request goes at once
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # after the first, one request per 60/max_rpm seconds (never faster)
     assert min(gaps) >= 60.0 / max_rpm - 1e-6
     assert times[-1] == pytest.approx(5 * 60.0 / max_rpm, rel=0.02)
