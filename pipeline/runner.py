@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.genai import make_backend
 from pipeline.genai.base import Backend
 from pipeline.models import PIPELINE_VERSION
+from pipeline.preflight import preflight
 from pipeline.report import RunReport, ShardReport, estimate_cost
 from pipeline.sinks import OutputStore
 from pipeline.sources import SourceOptions, SourceUnit, list_units
@@ -217,10 +218,11 @@ def run(
     on_plan: Callable[[list[ShardSpec]], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RunResult:
-    """plan → every shard in turn → commit, in this process."""
+    """plan → preflight → every shard in turn → commit, in this process."""
     started = time.monotonic()
     specs = plan(config)
     check_cost_ceiling(config)
+    preflight(config)  # before any paid call: an unwritable output fails here, not later
     if on_plan:
         on_plan(specs)
     reports = asyncio.run(_run_shards(specs, config, on_progress))
