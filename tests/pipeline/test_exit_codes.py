@@ -176,3 +176,30 @@ def test_no_per_request_log_lines_unless_verbose(tmp_path) -> None:
     assert "HTTP Request" not in quiet.stderr and "httpx" not in quiet.stderr
     assert len(quiet.stderr.splitlines()) <= 3, quiet.stderr
     assert "HTTP Request: POST" in verbose.stderr  # -v shows them
+
+
+def test_each_error_branch_maps_to_its_status_with_one_line(capsys) -> None:
+    # errors other helpers raise (a held lock, a sustained outage) map like the rest;
+    # the subprocess tests above cover the statuses a run can reach today end to end
+    from pipeline import cli, errors
+
+    cases: list[tuple[BaseException, int | None]] = [
+        (errors.ConfigError("max_rpm: bad"), 2),
+        (errors.SourceError("source x: missing"), 2),
+        (errors.LockedError("output o: held by host h, pid 1, run r, since t"), 2),
+        (errors.AuthError("401 on every call"), 2),
+        (errors.StorageError("output o: not writable"), 74),
+        (OSError(28, "No space left on device", "/o/x"), 74),
+        (errors.OutageError("every recent call failed; run again later"), 75),
+        (KeyboardInterrupt(), 130),
+        (RuntimeError("a bug"), None),
+    ]
+    for exc, status in cases:
+        assert cli._exit_code(exc) == status, exc
+        err = capsys.readouterr().err
+        if status is None:
+            assert err == ""  # main() prints the traceback for a bug
+            continue
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("oci-genai-batch: error: "), err
+    assert "/o/x" in cli._io_message(OSError(28, "No space left on device", "/o/x"))
