@@ -32,11 +32,7 @@ from typing import Any
 
 from pipeline import errors
 from pipeline.config import AUTH_MODES, BACKENDS, JobConfig
-from pipeline.errors import (
-    OutageError,
-    PipelineError,
-    StorageError,
-)
+from pipeline.errors import OutageError, PipelineError, StorageError
 
 log = logging.getLogger("oci_genai_batch")
 
@@ -309,7 +305,10 @@ def _exit_code(exc: BaseException) -> int | None:
         return EXIT_IOERR
     else:
         return None
-    _error(str(exc))
+    message = str(exc)
+    if code == EXIT_TEMPFAIL and "run again" not in message:
+        message += "; committed parts are kept, run again later to resume"
+    _error(message)
     log.debug("%s", type(exc).__name__, exc_info=exc)
     return code
 
