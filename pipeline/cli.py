@@ -2,23 +2,50 @@
 
     oci-genai-batch run --source URI --output URI [--backend local|oci|hash] [...]
 
-Exit status: 0 when the run finished (rows that failed are in OUTPUT/failures/ and
-counted in the summary), 2 for a bad setting or an unreadable source (reported before
-any model call), 1 for anything unexpected.
+Exit status of ``run`` (what a scheduler may rely on; the README has the same table):
+
+    0    every document is done or permanently dead-lettered (rows that failed for good
+         are in OUTPUT/failures/ and counted in the summary)
+    1    a bug: anything unexpected (the traceback is printed)
+    2    bad input or configuration: a setting, the source, credentials, or the output is
+         held by another live run; reported before any model call where possible
+    74   (EX_IOERR) the output cannot be written: permission, disk full, a vanished
+         directory; the preflight probe finds most of these before any model call
+    75   (EX_TEMPFAIL) documents are still pending on retryable errors, or the service
+         failed every recent call (an outage): committed parts are kept, run again later
+    130  interrupted by SIGINT (Ctrl-C); committed parts are kept, a re-run resumes
+    143  stopped by SIGTERM (what Airflow sends); the same as SIGINT
+
+An expected failure prints one line, ``oci-genai-batch: error: ...``, and no traceback;
+``-v`` logs the traceback at DEBUG as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
+from types import FrameType
 from typing import Any
 
+from pipeline import errors
 from pipeline.config import AUTH_MODES, BACKENDS, JobConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import OutageError, PipelineError, StorageError
 
 log = logging.getLogger("oci_genai_batch")
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_USAGE = 2
+EXIT_IOERR = 74  # sysexits.h EX_IOERR
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: try again later
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+# Libraries that log one line per HTTP request at INFO: quiet unless -v.
+_CHATTY_LOGGERS = ("httpx", "httpcore", "oci", "urllib3")
 
 
 def _run_parser(sub: Any) -> None:
@@ -153,7 +180,7 @@ class _Progress:
             self.bar.close()
 
 
-def _summary_table(report: dict[str, Any], seconds: float, output: str) -> str:
+def _summary_table(report: dict[str, Any], seconds: float, output: str, pending: int = 0) -> str:
     c = report["counts"]
     calls = report["calls"]
     rows = [
@@ -163,6 +190,7 @@ def _summary_table(report: dict[str, Any], seconds: float, output: str) -> str:
         ("chunks embedded", c.get("chunks_embedded", 0)),
         ("summaries", c.get("summaries", 0)),
         ("failures (dead letter)", c.get("failures", 0)),
+        ("documents pending (re-run)", pending),
         ("model calls", calls["calls"]),
         ("retries / throttled", f"{calls['retries']} / {calls['throttled']}"),
         ("time", f"{seconds:.1f} s"),
@@ -171,6 +199,46 @@ def _summary_table(report: dict[str, Any], seconds: float, output: str) -> str:
     lines = [f"  {k:<{width}}  {v}" for k, v in rows]
     lines.append(f"  outputs: {output}/embeddings/ summaries/ failures/ report.json")
     return "\n".join(lines)
+
+
+def _pending_documents(report: dict[str, Any]) -> int:
+    """Documents a re-run would still work on: those with pending embeddings (counted by
+    the shard) or a summary that failed with a retryable error (its failure class says
+    so). One document can be both, so the larger count is a lower bound of the union."""
+    embeds = int(report.get("counts", {}).get("documents_pending", 0))
+    summaries = 0
+    for key, n in report.get("failures_by_class", {}).items():
+        stage, _, name = key.partition(":")
+        cls = getattr(errors, name, None)
+        if (
+            stage == "summarize"
+            and isinstance(cls, type)
+            and issubclass(cls, errors.RetryableError)
+        ):
+            summaries += int(n)
+    return max(embeds, summaries)
+
+
+class _Signals:
+    """SIGTERM behaves like SIGINT (asyncio cancels the run; committed parts stay), and
+    remembers that it came so the exit status can tell them apart."""
+
+    terminated = False
+
+    @classmethod
+    def install(cls) -> None:
+        signal.signal(signal.SIGTERM, cls._on_sigterm)
+
+    @classmethod
+    def _on_sigterm(cls, signum: int, frame: FrameType | None) -> None:
+        cls.terminated = True
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            # asyncio.run's handler cancels the main task (a second signal raises at once);
+            # outside an event loop this is default_int_handler, which raises
+            handler(signal.SIGINT, frame)
+            return
+        raise KeyboardInterrupt
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -183,7 +251,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"dry run: {preview['documents']} documents, {preview['characters']} characters,"
             f" {preview['rejected']} rejected; estimated cost: {preview['estimated_cost']}"
         )
-        return 0
+        return EXIT_OK
     progress = _Progress(config.progress if config.progress is not None else sys.stderr.isatty())
 
     def on_plan(specs: list[runner.ShardSpec]) -> None:
@@ -193,10 +261,59 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         result = runner.run(config, on_plan=on_plan, on_progress=progress.update)
+    except OSError as exc:
+        # past the preflight probe, an OSError is the output failing mid-run (disk full,
+        # a vanished directory): name the output, whatever path the error names
+        raise StorageError(f"output {config.output}: {_io_message(exc)}") from exc
     finally:
         progress.close()
-    print(_summary_table(result.report, result.seconds, config.output))
-    return 0
+    if _Signals.terminated:  # the run swallowed the cancellation: still a stop, not a finish
+        raise KeyboardInterrupt
+    pending = _pending_documents(result.report)
+    print(_summary_table(result.report, result.seconds, config.output, pending))
+    if pending:
+        _error(
+            f"{pending} document(s) still pending on retryable errors (see"
+            f" {config.output}/failures/); committed parts are kept, run again to resume"
+        )
+        return EXIT_TEMPFAIL
+    return EXIT_OK
+
+
+def _error(message: str) -> None:
+    one_line = " ".join(message.split())
+    print(f"oci-genai-batch: error: {one_line}", file=sys.stderr)
+
+
+def _io_message(exc: OSError) -> str:
+    if exc.filename and exc.strerror:
+        return f"I/O error on {exc.filename}: {exc.strerror} (errno {exc.errno})"
+    return f"I/O error: {exc}"
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """The status for an expected failure (its one-line message is printed); None: a bug."""
+    if isinstance(exc, KeyboardInterrupt):
+        _error("interrupted; committed parts are kept, run again to resume")
+        return EXIT_SIGTERM if _Signals.terminated else EXIT_SIGINT
+    if isinstance(exc, StorageError):
+        code = EXIT_IOERR
+    elif isinstance(exc, OutageError):
+        code = EXIT_TEMPFAIL
+    elif isinstance(exc, PipelineError):  # ConfigError, SourceError, LockedError, AuthError
+        code = EXIT_USAGE
+    elif isinstance(exc, OSError):
+        _error(_io_message(exc))
+        log.debug("I/O error", exc_info=exc)
+        return EXIT_IOERR
+    else:
+        return None
+    message = str(exc)
+    if code == EXIT_TEMPFAIL and "run again" not in message:
+        message += "; committed parts are kept, run again later to resume"
+    _error(message)
+    log.debug("%s", type(exc).__name__, exc_info=exc)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,13 +324,18 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     _emulator_parser(sub)
     args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if args.command == "run":
+            _Signals.install()
             return _cmd_run(args)
         if args.command == "emulator" and args.write_dev_config:
             from pipeline.genai.emulator.devconfig import write_dev_config
@@ -225,21 +347,19 @@ def main(argv: list[str] | None = None) -> int:
                 "  oci-genai-batch run --backend oci --genai-endpoint http://127.0.0.1:8431"
                 f" --oci-config {config_path} --compartment ocid1.compartment.oc1..dev ..."
             )
-            return 0
+            return EXIT_OK
         if args.command == "emulator":
             from pipeline.genai.emulator.server import run_from_args
 
             return run_from_args(args)
-    except PipelineError as exc:
-        print(f"oci-genai-batch: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "oci-genai-batch: interrupted; committed parts are kept, run again to resume",
-            file=sys.stderr,
-        )
-        return 130
-    return 1
+    except (Exception, KeyboardInterrupt) as exc:
+        code = _exit_code(exc)
+        if code is None:
+            log.critical("unexpected error (a bug: please report it)", exc_info=exc)
+            _error(f"unexpected {type(exc).__name__}: {exc}")
+            return EXIT_BUG
+        return code
+    return EXIT_BUG
 
 
 if __name__ == "__main__":

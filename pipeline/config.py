@@ -8,7 +8,9 @@ and in a DAG run's conf).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +42,26 @@ _BACKEND_DEFAULTS: dict[str, tuple[str, str, int]] = {
     # 500 tokens of English, and the cap is the model's per-input limit (512 for v3 models)
     "oci": ("cohere.embed-v4.0", "cohere.command-a-03-2025", 2048),
 }
+
+
+# Sane ranges of the integer settings: a value outside is a typo (or a unit mix-up), and
+# refusing it at once is cheaper than a run that misbehaves or a limiter that overflows.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "batch_docs": (1, 1_000_000),
+    "shards": (1, 100_000),
+    "max_rpm": (1, 10_000_000),
+    "max_tpm": (1, 10_000_000_000),
+    "max_in_flight": (1, 10_000),
+    "max_attempts": (1, 100),
+    "dim": (1, 65_536),
+    "chunk_tokens": (16, 1_000_000),
+    "chunk_overlap": (0, 1_000_000),
+    "summary_input_tokens": (256, 100_000_000),
+}
+# Seconds a single request may take: more than a day is a unit mix-up (ms for s).
+_MAX_TIMEOUT_S = 86_400.0
+# A run id names directories under the output: no separators, no leading dot.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def new_run_id() -> str:
@@ -109,19 +131,7 @@ class JobConfig:
             raise ConfigError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.auth not in AUTH_MODES:
             raise ConfigError(f"auth: {self.auth!r} is not one of {', '.join(AUTH_MODES)}")
-        for name in ("batch_docs", "shards", "max_in_flight", "max_attempts", "dim"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("max_rpm", "max_tpm"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name}: must be at least 1 when set, got {value}")
-        if self.summary_input_tokens is not None and self.summary_input_tokens < 256:
-            raise ConfigError(
-                f"summary_input_tokens: must be at least 256, got {self.summary_input_tokens}"
-            )
-        if self.chunk_tokens is not None and self.chunk_tokens < 16:
-            raise ConfigError(f"chunk_tokens: must be at least 16, got {self.chunk_tokens}")
+        self._check_ranges()
         limit = self.chunk_tokens or _BACKEND_DEFAULTS[self.backend][2]
         if not 0 <= self.chunk_overlap < limit // 2:
             raise ConfigError(
@@ -150,12 +160,31 @@ class JobConfig:
             raise ConfigError(
                 f"output_dimensions: {self.output_dimensions} is not one of 256, 512, 1024, 1536"
             )
-        if self.timeout_s <= 0:
-            raise ConfigError(f"timeout_s: must be positive, got {self.timeout_s}")
-        if self.max_cost is not None and self.max_cost < 0:
-            raise ConfigError(f"max_cost: must not be negative, got {self.max_cost}")
         if self.max_cost is not None and self.price_per_million_chars is None:
             raise ConfigError("max_cost: needs price_per_million_chars to estimate a cost")
+
+    def _check_ranges(self) -> None:
+        """Integers within ``INT_RANGES``, finite non-negative money, a safe run id."""
+        for name, (low, high) in INT_RANGES.items():
+            value = getattr(self, name, None)
+            if value is None:
+                continue  # an optional setting left unset (max_rpm, chunk_tokens, ...)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{name}: must be an integer from {low} to {high}, got {value!r}")
+        if not _finite(self.timeout_s) or not 0 < self.timeout_s <= _MAX_TIMEOUT_S:
+            raise ConfigError(
+                f"timeout_s: must be more than 0 and at most {_MAX_TIMEOUT_S:.0f} seconds,"
+                f" got {self.timeout_s!r}"
+            )
+        for name in ("price_per_million_chars", "max_cost"):
+            value = getattr(self, name)
+            if value is not None and (not _finite(value) or value < 0):
+                raise ConfigError(f"{name}: must be a finite number of at least 0, got {value!r}")
+        if not isinstance(self.run_id, str) or not RUN_ID_PATTERN.fullmatch(self.run_id):
+            raise ConfigError(
+                f"run_id: {self.run_id!r} is not allowed: 1 to 64 letters, digits, '.', '_'"
+                " or '-', starting with a letter or digit"
+            )
 
     # ------------------------------------------------------------------ derived values
 
@@ -213,6 +242,10 @@ class JobConfig:
             raise ConfigError(f"config file {path}: expected a mapping of settings at the top")
         merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
         return cls.from_mapping(merged, origin=f"config file {path}")
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _coerce(key: str, value: Any, annotation: Any, origin: str) -> Any:

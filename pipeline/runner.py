@@ -23,6 +23,7 @@ from pipeline.genai import make_backend
 from pipeline.genai.base import Backend
 from pipeline.lease import run_lease
 from pipeline.models import PIPELINE_VERSION
+from pipeline.preflight import preflight
 from pipeline.report import RunReport, ShardReport, estimate_cost
 from pipeline.sinks import OutputStore
 from pipeline.sources import SourceOptions, SourceUnit, find_duplicates, list_units
@@ -258,13 +259,14 @@ def run(
     on_plan: Callable[[list[ShardSpec]], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RunResult:
-    """plan → every shard in turn → commit, in this process.
+    """plan → preflight → every shard in turn → commit, in this process.
 
     Holds the output's run lease from after planning (before any model call) to the end:
     a second run on the same output is refused with LockedError naming this one."""
     started = time.monotonic()
     specs = plan(config)
     check_cost_ceiling(config)
+    preflight(config)  # before any paid call: an unwritable output fails here, not later
     with run_lease(OutputStore(config.output), config.run_id):
         if on_plan:
             on_plan(specs)

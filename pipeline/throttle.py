@@ -155,9 +155,12 @@ class Budget:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.requests = (
-            AsyncLimiter(max_rpm * _WINDOW_SECONDS / 60.0, _WINDOW_SECONDS) if max_rpm else None
-        )
+        self.requests: AsyncLimiter | None = None
+        if max_rpm:
+            # the bucket must hold at least one whole request, or no acquire() can succeed:
+            # below 10 rpm the window grows (1 rpm: one request per 60 s window)
+            window = max(_WINDOW_SECONDS, 60.0 / max_rpm)
+            self.requests = AsyncLimiter(max_rpm * window / 60.0, window)
         self.tokens: AsyncLimiter | None = None
         self._token_capacity = 0.0
         if max_tpm:
@@ -166,7 +169,10 @@ class Budget:
             period = self._token_capacity * 60.0 / max_tpm
             self.tokens = AsyncLimiter(self._token_capacity, period)
         self.concurrency = AdaptiveConcurrency(max_in_flight)
-        self.rate = AdaptiveRate(max_rpm / 60.0 if max_rpm else None, clock=clock, sleep=sleep)
+        ceiling = max_rpm / 60.0 if max_rpm else None
+        # the AIMD floor must not lift the pace above a low configured ceiling
+        floor = min(0.1, ceiling) if ceiling else 0.1
+        self.rate = AdaptiveRate(ceiling, min_rps=floor, clock=clock, sleep=sleep)
 
     @asynccontextmanager
     async def slot(self, tokens: int = 0) -> AsyncIterator[None]:

@@ -148,3 +148,43 @@ def test_cost_ceiling_refuses_before_any_call(tmp_path, stdlib_docs) -> None:
     assert under.returncode == 0, under.stderr
     no_price = _cli("run", "--source", src, "--output", str(tmp_path / "o2"), "--max-cost", "1")
     assert no_price.returncode == 2 and "price_per_million_chars" in no_price.stderr
+
+
+def test_bad_inputs_exit_2_naming_the_setting_and_writing_nothing(tmp_path) -> None:
+    src = write_corpus(str(tmp_path / "d.parquet"), [{"doc_id": "a", "text": "one doc"}])
+    base = ["run", "--source", src, "--output", str(tmp_path / "o"), "--backend", "hash"]
+    cases = [
+        (["--run-id", "../../x"], "run_id: '../../x' is not allowed"),
+        (["--max-rpm", "1234567890123456789012345"], "max_rpm: must be an integer from 1 to"),
+        (["--max-in-flight", "99999999"], "max_in_flight: must be an integer from 1 to"),
+        (["--price-per-million-chars", "-2"], "price_per_million_chars"),
+        (["--timeout-s", "nan"], "timeout_s"),
+    ]
+    for extra, fragment in cases:
+        res = _cli(*base, *extra)
+        assert res.returncode == 2, (extra, res.stderr)
+        assert "Traceback" not in res.stderr
+        errors = [x for x in res.stderr.splitlines() if x.startswith("oci-genai-batch: error:")]
+        assert len(errors) == 1 and fragment in errors[0], (extra, res.stderr)
+    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_max_rpm_of_one_runs(tmp_path) -> None:
+    # one document, no summaries: one embed request, which a 1-per-minute budget lets go
+    src = write_corpus(str(tmp_path / "d.parquet"), [{"doc_id": "a", "text": "one doc"}])
+    res = _cli(
+        "run",
+        "--source",
+        src,
+        "--output",
+        str(tmp_path / "o"),
+        "--backend",
+        "hash",
+        "--no-summaries",
+        "--max-rpm",
+        "1",
+    )
+    assert res.returncode == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if "documents completed" in x)
+    assert line.split()[-1] == "1"

@@ -1,0 +1,84 @@
+"""Low request-per-minute ceilings on a virtual clock: every ``max_rpm`` of at least 1
+paces requests at exactly that rate (below 10 rpm the limiter once refused to start)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import selectors
+from typing import Any
+
+import pytest
+
+from pipeline.throttle import Budget
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """Waiting for a timer advances the loop's virtual clock instead of sleeping."""
+
+    def __init__(self, loop_ref: list[Any]) -> None:
+        super().__init__()
+        self._loop_ref = loop_ref
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        # a microsecond passes on every turn, as on a real clock: a limiter that re-checks
+        # "now" after a rounding error must see time move
+        self._loop_ref[0].now += (timeout or 0.0) + 1e-6
+        return super().select(0)
+
+
+class _VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        ref: list[Any] = []
+        super().__init__(_VirtualSelector(ref))
+        ref.append(self)
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def _slot_times(max_rpm: int, requests: int) -> list[float]:
+    async def go() -> list[float]:
+        loop = asyncio.get_running_loop()
+        budget = Budget(max_rpm=max_rpm, max_in_flight=4, clock=loop.time)
+        start = loop.time()
+        times = []
+        for _ in range(requests):
+            async with budget.slot():
+                times.append(loop.time() - start)
+        return times
+
+    loop = _VirtualLoop()
+    try:
+        return loop.run_until_complete(go())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("max_rpm", [1, 2, 5, 9, 10, 60])
+def test_every_rpm_of_at_least_one_paces_at_that_rate(max_rpm: int) -> None:
+    times = _slot_times(max_rpm, 6)
+    assert times[0] == pytest.approx(0.0, abs=1e-6)  # the first request goes at once
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # after the first, one request per 60/max_rpm seconds (never faster)
+    assert min(gaps) >= 60.0 / max_rpm - 1e-6
+    assert times[-1] == pytest.approx(5 * 60.0 / max_rpm, rel=0.02)
+
+
+def test_one_rpm_waits_a_minute_on_a_real_loop_too() -> None:
+    async def go() -> bool:
+        budget = Budget(max_rpm=1)
+        async with budget.slot():
+            pass
+        second = asyncio.ensure_future(_enter(budget))
+        await asyncio.sleep(0.3)
+        waiting = not second.done()
+        second.cancel()
+        return waiting
+
+    async def _enter(budget: Budget) -> None:
+        async with budget.slot():
+            pass
+
+    assert asyncio.run(go())
