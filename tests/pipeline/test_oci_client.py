@@ -566,9 +566,7 @@ class ClosingTransport(httpx.MockTransport):
         self.closed += 1
 
 
-def test_each_event_loop_gets_its_own_pool_closed_with_the_loop(
-    keys: Keys, tmp_path: Path
-) -> None:
+def test_each_event_loop_closes_its_own_pool(keys: Keys, tmp_path: Path) -> None:
     """``run_shard(spec, config, backend=...)`` is one ``asyncio.run`` per call, so a caller
     that passes one backend to several calls uses it from several event loops: each loop
     gets its own connection pool, closed when that loop ends, before the next one opens."""
