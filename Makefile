@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_client_cpu.py
 	$(BIN)/python bench/bench_throughput.py
+	$(BIN)/python bench/bench_cpu.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
