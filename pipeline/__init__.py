@@ -23,10 +23,13 @@ from pipeline.config import JobConfig
 from pipeline.errors import (
     ConfigError,
     GenAIError,
+    LockedError,
+    OutageError,
     PermanentError,
     PipelineError,
     RetryableError,
     SourceError,
+    StorageError,
 )
 from pipeline.models import PIPELINE_VERSION
 
@@ -39,12 +42,15 @@ __all__ = [
     "ConfigError",
     "GenAIError",
     "JobConfig",
+    "LockedError",
+    "OutageError",
     "PermanentError",
     "PipelineError",
     "RetryableError",
     "RunResult",
     "ShardSpec",
     "SourceError",
+    "StorageError",
     "__version__",
     "commit",
     "plan",

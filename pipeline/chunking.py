@@ -7,21 +7,29 @@ text and shrunk until it fits, so a chunk never holds more tokens than ``max_tok
 by the counter's measure — the counter may over-count, never under-count.
 
 Long documents are tokenized in segments, so a 20 MB document needs memory for one
-segment's tokens, not the whole text's.
+segment's tokens, not the whole text's. A document that fits in one chunk (most of them)
+is only counted (``count_tokens``, no spans): its one chunk runs from its first token to
+its last, found from short windows at each end.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.genai.base import TokenCounter
+from pipeline.genai.base import TokenCounter, count_tokens
 from pipeline.models import Chunk, Document
 
 # Characters tokenized at once; grown when one segment holds less than one chunk.
 _SEGMENT_CHARS = 64_000
 _SENTENCE_END = frozenset(".!?;:")
+# Longer texts (characters per token of the limit) are not counted whole first: they almost
+# never fit, and the count would tokenize them twice. Speed only: either way gives one chunk.
+_FIT_CHARS_PER_TOKEN = 8
+# Characters at each end of a one-chunk document tokenized to find its first and last token
+_EDGE_CHARS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +49,17 @@ class ChunkSettings:
             )
 
     def fingerprint(self, counter: TokenCounter) -> dict[str, object]:
-        return {"max_tokens": self.max_tokens, "overlap": self.overlap, "counter": counter.name}
+        return self.fingerprint_for(counter.name)
+
+    def fingerprint_for(self, counter_name: str) -> dict[str, object]:
+        return {"max_tokens": self.max_tokens, "overlap": self.overlap, "counter": counter_name}
+
+
+@functools.lru_cache(maxsize=64)
+def _settings_key(settings: ChunkSettings, counter_name: str) -> str:
+    """The settings' part of every chunk id, once per (settings, counter), not per document."""
+    fingerprint = settings.fingerprint_for(counter_name)
+    return hashlib.blake2b(repr(sorted(fingerprint.items())).encode(), digest_size=6).hexdigest()
 
 
 def chunk_id(doc_id: str, content_hash: str, settings_key: str, index: int) -> str:
@@ -49,16 +67,45 @@ def chunk_id(doc_id: str, content_hash: str, settings_key: str, index: int) -> s
     return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
 
-def _count(counter: TokenCounter, text: str) -> int:
-    return len(counter.spans(text)) + counter.special_tokens
+def _extent(counter: TokenCounter, text: str) -> tuple[int, int] | None:
+    """Start of the first token and end of the last token of ``text`` (None: no tokens).
+
+    Tokenizers split at white space and drop nothing but white space and control
+    characters, so the first token of a head window that ends before the cut starts where
+    the whole text's first token does (likewise at the tail); a window is doubled until
+    that holds, and a short text is tokenized whole."""
+    n = len(text)
+    width = _EDGE_CHARS
+    while True:
+        if 2 * width >= n:
+            spans = counter.spans(text)
+            return (spans[0][0], spans[-1][1]) if spans else None
+        head = counter.spans(text[:width])
+        tail = counter.spans(text[n - width :])
+        # the first token must end before the cut, the last start after it
+        if head and tail and head[0][1] < width and tail[-1][0] > 0:
+            return head[0][0], n - width + tail[-1][1]
+        width *= 2
 
 
-def _prefer_boundary(text: str, spans: list[tuple[int, int]], i: int, j: int) -> int:
+def _bounds(counter: TokenCounter, text: str, pos: int) -> tuple[list[int], list[int]]:
+    """Start and end offsets (plus ``pos``) of the tokens of ``text``, as two lists: from
+    the counter's ``span_bounds`` arrays when it has them (no tuple per token), else from
+    its spans."""
+    fast = getattr(counter, "span_bounds", None)
+    if fast is not None:
+        starts, ends = fast(text)
+        return (starts + pos).tolist(), (ends + pos).tolist()
+    spans = counter.spans(text)
+    return [pos + a for a, _ in spans], [pos + b for _, b in spans]
+
+
+def _prefer_boundary(text: str, starts: list[int], ends: list[int], i: int, j: int) -> int:
     """Pull the end ``j`` back to a sentence or line end in the last quarter of the window."""
     floor = i + max(1, (j - i) * 3 // 4)
     for k in range(j, floor, -1):
-        end = spans[k - 1][1]
-        nxt = spans[k][0] if k < len(spans) else len(text)
+        end = ends[k - 1]
+        nxt = starts[k] if k < len(starts) else len(text)
         if text[end - 1] in _SENTENCE_END or "\n" in text[end:nxt]:
             return k
     return j
@@ -70,12 +117,32 @@ def chunk_document(
     """Split one document into chunks of at most ``settings.max_tokens`` tokens."""
     text = doc.text
     chash = doc.content_hash
-    key = hashlib.blake2b(
-        repr(sorted(settings.fingerprint(counter).items())).encode(), digest_size=6
-    ).hexdigest()
+    key = _settings_key(settings, counter.name)
     budget = settings.max_tokens - counter.special_tokens
     if budget < 4:
         raise ValueError(f"max_tokens {settings.max_tokens} leaves no room after special tokens")
+    # the common case: the whole text fits in one chunk; counting is cheaper than spans
+    total = (
+        count_tokens(counter, text)
+        if len(text) <= settings.max_tokens * _FIT_CHARS_PER_TOKEN
+        else settings.max_tokens + 1
+    )
+    if total <= settings.max_tokens:
+        edges = _extent(counter, text)
+        if edges is None:
+            return
+        start, end = edges
+        yield Chunk(
+            doc_id=doc.doc_id,
+            chunk_id=chunk_id(doc.doc_id, chash, key, 0),
+            chunk_index=0,
+            char_start=start,
+            char_end=end,
+            text=text[start:end],
+            token_count=total,
+            content_hash=chash,
+        )
+        return
     index = 0
     pos = 0
     seg_chars = _SEGMENT_CHARS
@@ -87,31 +154,31 @@ def chunk_document(
             cut = text.rfind(" ", pos + seg_chars // 2, seg_end)
             seg_end = cut if cut > pos else seg_end
         final = seg_end >= n
-        spans = [(pos + a, pos + b) for a, b in counter.spans(text[pos:seg_end])]
-        if not spans:
+        starts, ends = _bounds(counter, text[pos:seg_end], pos)
+        if not starts:
             return
-        if not final and len(spans) <= budget + settings.overlap:
+        if not final and len(starts) <= budget + settings.overlap:
             seg_chars *= 2  # too few tokens for one full chunk: read more at once
             continue
         i = 0
-        while i < len(spans):
-            j = min(i + budget, len(spans))
-            if not final and j == len(spans):
+        while i < len(starts):
+            j = min(i + budget, len(starts))
+            if not final and j == len(starts):
                 break  # this window needs text beyond the segment
-            if j < len(spans):
-                j = _prefer_boundary(text, spans, i, j)
-            start, end = spans[i][0], spans[j - 1][1]
+            if j < len(starts):
+                j = _prefer_boundary(text, starts, ends, i, j)
+            start, end = starts[i], ends[j - 1]
             piece = text[start:end]
             # the whole text in one chunk was measured as it is; any other slice is
             # measured again on its own (a cut can tokenize differently at its edges)
-            whole = pos == 0 and final and i == 0 and j == len(spans)
-            tokens = j - i + counter.special_tokens if whole else _count(counter, piece)
+            whole = pos == 0 and final and i == 0 and j == len(starts)
+            tokens = j - i + counter.special_tokens if whole else count_tokens(counter, piece)
             # re-measure on the chunk's own text: never exceed the limit
             while tokens > settings.max_tokens and j - i > 1:
                 j -= 1
-                end = spans[j - 1][1]
+                end = ends[j - 1]
                 piece = text[start:end]
-                tokens = _count(counter, piece)
+                tokens = count_tokens(counter, piece)
             yield Chunk(
                 doc_id=doc.doc_id,
                 chunk_id=chunk_id(doc.doc_id, chash, key, index),
@@ -123,11 +190,11 @@ def chunk_document(
                 content_hash=chash,
             )
             index += 1
-            if j >= len(spans):
-                i = len(spans)
+            if j >= len(starts):
+                i = len(starts)
                 break
             i = max(i + 1, j - settings.overlap)
-        if final or i >= len(spans):
+        if final or i >= len(starts):
             return
-        pos = spans[i][0]
+        pos = starts[i]
         seg_chars = _SEGMENT_CHARS

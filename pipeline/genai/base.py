@@ -82,6 +82,19 @@ class TokenCounter(Protocol):
         """Character spans ``(start, end)`` of each token of ``text``, in order."""
         ...
 
+    # Optional: ``count(text) -> int``, the tokens the model sees for ``text`` with its
+    # special tokens, equal to ``len(spans(text)) + special_tokens`` but cheaper (no spans
+    # built). Callers use :func:`count_tokens`, which falls back to the spans.
+
+
+def count_tokens(counter: TokenCounter, text: str) -> int:
+    """``text``'s tokens by ``counter``, special tokens included: its ``count`` method when
+    it has one, else ``len(spans(text)) + special_tokens``."""
+    count = getattr(counter, "count", None)
+    if count is not None:
+        return int(count(text))
+    return len(counter.spans(text)) + counter.special_tokens
+
 
 class Backend(Protocol):
     """A model backend. Methods are async; a backend is an async context manager.

@@ -83,6 +83,12 @@ _DEFAULT_CONTEXT = 32_768
 _PROMPT_RESERVE = 1_024
 
 
+def _utf8_widths(text: str) -> np.ndarray:
+    """The UTF-8 byte width of each character, from its code point (vectorised)."""
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return 1 + (cps >= 0x80).astype(np.intp) + (cps >= 0x800) + (cps >= 0x10000)
+
+
 class Utf8ByteCounter:
     """Counts one token per UTF-8 byte: an upper bound on any BPE or byte-fallback
     tokenizer, since every token covers at least one byte. It over-counts English about
@@ -104,10 +110,18 @@ class Utf8ByteCounter:
         # byte width of each character from its code point, vectorised; the tuples are
         # made once per character and repeated by reference (numpy object repeat), which
         # halves the cost of a 2 MB accented text against building one tuple per byte
-        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        widths = 1 + (cps >= 0x80).astype(np.intp) + (cps >= 0x800) + (cps >= 0x10000)
         spans = np.fromiter(zip(range(n), range(1, n + 1), strict=True), dtype=object, count=n)
-        return np.repeat(spans, widths).tolist()
+        return np.repeat(spans, _utf8_widths(text)).tolist()
+
+    def span_bounds(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """``spans(text)`` as two int arrays (starts, ends), without a tuple per byte: the
+        chunker's path for long texts."""
+        n = len(text)
+        if text.isascii():
+            starts = np.arange(n, dtype=np.intp)
+        else:
+            starts = np.repeat(np.arange(n, dtype=np.intp), _utf8_widths(text))
+        return starts, starts + 1
 
     def count(self, text: str) -> int:
         """The byte length of ``text`` in UTF-8 (lone surrogates as 3 bytes)."""

@@ -97,3 +97,36 @@ def test_settings_are_validated() -> None:
         ChunkSettings(64, 40)
     with pytest.raises(ValueError, match="max_tokens"):
         ChunkSettings(4, 0)
+
+
+class _Recording:
+    """Wraps a counter and records the length of every text it is asked for spans of."""
+
+    def __init__(self, inner, with_count: bool = True) -> None:
+        self.inner, self.name, self.special_tokens = inner, inner.name, inner.special_tokens
+        self.span_lengths: list[int] = []
+        if with_count:
+            self.count = inner.count
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        self.span_lengths.append(len(text))
+        return self.inner.spans(text)
+
+
+def test_a_document_that_fits_is_counted_not_spanned() -> None:
+    from pipeline.genai.oci_backend import Utf8ByteCounter
+
+    text = "  Ünïcödé prose. " + "word " * 300 + "end.\n "
+    doc = Document("fit", text)
+    counting = _Recording(Utf8ByteCounter())
+    (chunk,) = chunk_document(doc, counting, ChunkSettings(2048, 0))
+    assert max(counting.span_lengths) <= 64  # only the edges were tokenized
+    # the same chunk as a counter without ``count`` gives (spans of the whole text)
+    spanning = _Recording(Utf8ByteCounter(), with_count=False)
+    assert list(chunk_document(doc, spanning, ChunkSettings(2048, 0))) == [chunk]
+    assert max(spanning.span_lengths) == len(text)
+    assert chunk.text == text and chunk.token_count == len(text.encode())
+    # with a word tokenizer the chunk runs from the first token to the last
+    (words,) = chunk_document(doc, RegexTokenCounter(), ChunkSettings(2048, 0))
+    assert words.text == text.strip() and words.char_start == 2
+    assert words.token_count == len(RegexTokenCounter().spans(text))

@@ -557,14 +557,35 @@ def test_request_ids_are_unique_and_valid(keys: Keys, tmp_path: Path) -> None:
     assert not is_valid_request_id("has space")
 
 
-def test_the_backend_survives_a_new_event_loop(keys: Keys, tmp_path: Path) -> None:
-    """The runner calls one backend from several ``asyncio.run``s (one per shard)."""
+class ClosingTransport(httpx.MockTransport):
+    """A scripted transport that counts how often a client closed it."""
+
+    closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def test_each_event_loop_closes_its_own_pool(keys: Keys, tmp_path: Path) -> None:
+    """``run_shard(spec, config, backend=...)`` is one ``asyncio.run`` per call, so a caller
+    that passes one backend to several calls uses it from several event loops: each loop
+    gets its own connection pool, closed when that loop ends, before the next one opens."""
     script = Script(embed_ok())
-    backend = backend_for(script, keys, tmp_path)
-    for _ in range(3):
+    transport = ClosingTransport(script)
+    config = job(oci_config=str(write_oci_config(tmp_path, keys)))
+    backend = OciBackend.from_config(config, transport=transport)
+    for n in (1, 2, 3):
         assert run(backend.embed(["a"])).vectors.shape == (1, 4)
-    run(backend.aclose())
-    assert len(script.requests) == 3
+        assert transport.closed == n  # this loop's pool went with it: no leaked socket
+    run(backend.aclose())  # a loop that never used it: nothing left to close
+    assert transport.closed == 3 and len(script.requests) == 3
+
+    async def used_then_closed() -> None:
+        await backend.embed(["b"])
+        await backend.aclose()  # closes the pool at once, not at the loop's end
+
+    run(used_then_closed())
+    assert transport.closed == 4 and len(script.requests) == 4
 
 
 # --------------------------------------------------------------------------- signing
