@@ -17,6 +17,16 @@ from oci_genai_provider.fields import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 CONN_TYPE = "oci_genai"
 DEFAULT_CONN_ID = "oci_genai_default"
 
+# The default connection: the DAGs' default conn_id. With the embedded default (backend
+# local) or hash, no connection is needed at all; this one exists so the conn_id resolves
+# and so an operator can fill in the OCI fields (compartment, key or config file, region)
+# for backend oci. As an environment variable: AIRFLOW_CONN_OCI_GENAI_DEFAULT=<its JSON>.
+DEFAULT_CONNECTION: dict[str, Any] = {
+    "conn_type": CONN_TYPE,
+    "description": "OCI Generative AI; not used by backend local/hash (the embedded default)",
+    "extra": {"auth": "api_key", "oci_profile": "DEFAULT"},
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     """Provider metadata for Airflow (the runtime provider-info schema)."""
@@ -38,4 +48,4 @@ def get_provider_info() -> dict[str, Any]:
     }
 
 
-__all__ = ["CONN_TYPE", "DEFAULT_CONN_ID", "get_provider_info"]
+__all__ = ["CONN_TYPE", "DEFAULT_CONNECTION", "DEFAULT_CONN_ID", "get_provider_info"]

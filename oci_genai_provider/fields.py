@@ -63,9 +63,8 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "Inline api_key auth: the PEM private key. Masked in the UI and in logs.",
         format="password",
     ),
-    "pass_phrase": _text(
-        "Key pass phrase", "Only for an encrypted private key.", format="password"
-    ),
+    # named so that Airflow's secrets masker hides it ("passphrase" is one of its words)
+    "passphrase": _text("Key pass phrase", "Only for an encrypted private key.", format="password"),
     "region": _text(
         "Region", "e.g. us-chicago-1; needed with an inline key unless an endpoint is set."
     ),
@@ -184,9 +183,9 @@ def settings_from_extra(
             f"{where}: region is required for an inline api_key (or set genai_endpoint)"
         )
     inline = {n: str(_get(extra, n)) for n in INLINE_FIELDS}
-    pass_phrase = _get(extra, "pass_phrase")
-    if pass_phrase is not None:
-        inline["pass_phrase"] = str(pass_phrase)
+    passphrase = _get(extra, "passphrase")
+    if passphrase is not None:
+        inline["pass_phrase"] = str(passphrase)
     inline["private_key"] = normalize_pem(inline["private_key"])
     return settings, inline
 

@@ -7,6 +7,7 @@ writes its config and database into a temporary home that is removed at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -30,6 +31,10 @@ os.environ.update(
         "OCI_GENAI_SHARD_RETRIES": "2",
     }
 )
+# the default connection, as `make airflow` will create it (imports no Airflow)
+from oci_genai_provider import DEFAULT_CONNECTION  # noqa: E402
+
+os.environ["AIRFLOW_CONN_OCI_GENAI_DEFAULT"] = json.dumps(DEFAULT_CONNECTION)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -56,11 +56,14 @@ def rerun(dag: Any, dr: Any, wanted: set[tuple[str, int]]) -> str:
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import clear_task_instances
     from airflow.sdk.definitions.dag import _run_task
+    from airflow.serialization.serialized_objects import DagSerialization
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     session = settings.Session()
     try:
         run = session.query(DagRun).filter(DagRun.id == dr.id).one()
+        # the scheduler's view of the DAG, as dag.test() builds it
+        run.dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
         tis = [
             ti
             for ti in run.get_task_instances(session=session)

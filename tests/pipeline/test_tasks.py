@@ -246,3 +246,12 @@ def test_progress_timer_logs_while_nothing_moves() -> None:
         time.sleep(0.3)
     assert len(lines) >= 3
     assert all("ETA unknown" in line for line in lines)
+
+
+def test_the_task_functions_load_no_airflow() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.tasks; print(sorted(m for m in sys.modules if m.split('.')[0] == 'airflow'))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
