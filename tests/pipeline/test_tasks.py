@@ -252,6 +252,9 @@ def test_the_task_functions_load_no_airflow() -> None:
     import subprocess
     import sys
 
-    code = "import sys, pipeline.tasks; print(sorted(m for m in sys.modules if m.split('.')[0] == 'airflow'))"
+    code = (
+        "import sys, pipeline.tasks\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'airflow'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
