@@ -7,6 +7,7 @@ writes its config and database into a temporary home that is removed at the end.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -19,13 +20,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DAGS = os.path.join(ROOT, "dags")
 HOME = tempfile.mkdtemp(prefix="oci-genai-airflow-home-")
+atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 
 os.environ.update(
     {
         "AIRFLOW_HOME": HOME,
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": DAGS,
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         # dag.test() waits out retry delays in-process: keep them short
         "OCI_GENAI_RETRY_DELAY_S": "1",
         "OCI_GENAI_SHARD_RETRIES": "2",
@@ -48,7 +49,6 @@ def airflow_db() -> Iterator[None]:
         "oci_genai", 4, "OCI Generative AI shard tasks", include_deferred=False
     )
     yield
-    shutil.rmtree(HOME, ignore_errors=True)
 
 
 @pytest.fixture
