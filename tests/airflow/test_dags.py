@@ -152,3 +152,25 @@ def test_nightly_takes_its_settings_from_a_variable_and_is_incremental(
     counts = json.loads((out / "report.json").read_text())["counts"]
     assert counts["documents_skipped"] == 60
     assert counts.get("chunks_sent", 0) == 0
+
+
+def test_a_100_shard_plan_keeps_every_xcom_small(dagbag, tmp_path) -> None:
+    from airflow.utils.state import DagRunState
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(100):
+        (docs / f"doc{i:03d}.txt").write_text(f"Document {i}: rivers, lakes and hills.\n")
+    conf = {"source": str(docs), "output": str(tmp_path / "o"), "backend": "hash", "shards": 100}
+    # the shards and the commit are marked done without running: only the plan's XComs
+    # (what 100 mapped tasks are expanded from) are measured here
+    dr = dagbag.get_dag("oci_genai_backfill").test(
+        run_conf=conf, mark_success_pattern="run_shard|commit"
+    )
+    assert dr.state == DagRunState.SUCCESS
+    values = xcoms(dr)
+    refs = values[("plan", -1, "return_value")]
+    assert len(refs) == 100 and all(isinstance(r, str) for r in refs)  # ids, not specs
+    sizes = {key: xcom_size(v) for key, v in values.items()}
+    assert max(sizes.values()) <= XCOM_LIMIT, sizes
+    assert len([k for k in task_instances(dr) if k[0] == "run_shard"]) == 100
