@@ -69,15 +69,19 @@ def fail_fast_on_permanent_errors() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def connection_settings(conn_id: str | None, backend: str | None) -> Iterator[dict[str, Any]]:
+def connection_settings(
+    conn_id: str | None, backend: str | None, *, key_only: bool = False
+) -> Iterator[dict[str, Any]]:
     """The connection's OCI settings for ``backend: oci``; nothing for local/hash (the
-    embedded default needs no connection)."""
+    embedded default needs no connection). ``key_only``: see ``OciGenAIHook.job_settings``
+    (the plan fixed the other settings; a shard task only needs its own key file)."""
     if backend != "oci":
         yield {}
         return
     from oci_genai_provider.hooks import OciGenAIHook
 
-    with OciGenAIHook(conn_id or DEFAULT_CONN_ID).job_settings() as settings:
+    hook = OciGenAIHook(conn_id or DEFAULT_CONN_ID)
+    with hook.job_settings(key_only=key_only) as settings:
         yield settings
 
 
@@ -141,7 +145,7 @@ def run_shard(config: dict[str, Any], shard: dict[str, Any] | str) -> dict[str, 
     conn_id = dict(context["params"]).get("conn_id")
     with (
         fail_fast_on_permanent_errors(),
-        connection_settings(conn_id, config.get("backend")) as overrides,
+        connection_settings(conn_id, config.get("backend"), key_only=True) as overrides,
     ):
         return core.run_shard_task(
             config, shard, overrides=overrides, progress_every=PROGRESS_EVERY_S, emit=log.info
@@ -156,7 +160,7 @@ def commit(config: dict[str, Any]) -> dict[str, Any]:
     conn_id = dict(context["params"]).get("conn_id")
     with (
         fail_fast_on_permanent_errors(),
-        connection_settings(conn_id, config.get("backend")) as overrides,
+        connection_settings(conn_id, config.get("backend"), key_only=True) as overrides,
     ):
         result = core.commit_job(config, overrides=overrides)
     uri = output_uri(result["output"])

@@ -39,20 +39,27 @@ class OciGenAIHook(BaseHook):
         return {**settings, "inline_key": inline is not None}
 
     @contextlib.contextmanager
-    def job_settings(self) -> Iterator[dict[str, Any]]:
+    def job_settings(self, *, key_only: bool = False) -> Iterator[dict[str, Any]]:
         """JobConfig keys (``backend="oci"`` and the connection's OCI settings); an inline
-        key is written to a 0600 file in a 0700 directory removed on exit."""
+        key is written to a 0600 file in a 0700 directory removed on exit.
+
+        ``key_only``: only what is local to this process, the inline key's profile
+        (``oci_config``, ``oci_profile``), or nothing for a config-file connection. The
+        shard and commit tasks use this: the rest of a run's settings were fixed by its
+        plan and travel in the run's config."""
         conn = self.get_connection(self.oci_genai_conn_id)
         settings, inline = settings_from_extra(self.oci_genai_conn_id, conn.extra_dejson)
         settings["backend"] = "oci"
         if inline is None:
-            yield settings
+            yield {} if key_only else settings
             return
         directory = tempfile.mkdtemp(prefix="oci-genai-key-")
         try:
-            settings["oci_config"] = write_inline_profile(directory, inline, settings.get("region"))
-            settings["oci_profile"] = "DEFAULT"
-            yield settings
+            profile = {
+                "oci_config": write_inline_profile(directory, inline, settings.get("region")),
+                "oci_profile": "DEFAULT",
+            }
+            yield profile if key_only else {**settings, **profile}
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 

@@ -166,6 +166,18 @@ def test_an_inline_key_lives_in_a_private_file_for_the_task_only(emulator, monke
     assert not os.path.exists(folder)
 
 
+def test_shard_tasks_take_only_the_key_from_the_connection(emulator, monkeypatch) -> None:
+    # the plan fixed the run's settings (a job's max_rpm beats the connection's default);
+    # a shard task needs only its own copy of an inline key
+    _set_connection(monkeypatch, {**_inline(emulator[1]), "max_rpm": 100})
+    with _hook().job_settings(key_only=True) as settings:
+        assert set(settings) == {"oci_config", "oci_profile"}
+        assert os.path.exists(settings["oci_config"])
+    _set_connection(monkeypatch, {"oci_config": "/etc/oci/config", "compartment": COMPARTMENT})
+    with _hook().job_settings(key_only=True) as settings:
+        assert settings == {}
+
+
 def test_test_connection_makes_one_signed_call(emulator, monkeypatch) -> None:
     emu, config_path = emulator
     emu.reset()

@@ -10,6 +10,7 @@ emulator (in this process, over loopback), counting the inputs the service embed
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -155,3 +156,41 @@ def test_clearing_one_shard_reruns_it_without_model_calls(dagbag, tmp_path, emu)
     assert tis[("commit", -1)] == ("success", 2)
     assert emu.stats()["requests"] == 0  # everything it holds was committed: no call
     assert sorted(_embedded_ids(out)) == [f"d{i:03d}" for i in range(N_DOCS)]
+
+
+def test_an_inline_key_connection_runs_the_backfill(
+    dagbag, tmp_path, emulator, emu, monkeypatch
+) -> None:
+    import configparser
+    import glob
+    import tempfile
+
+    from airflow.utils.state import DagRunState
+
+    _, config_path = emulator
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config_path)
+    profile = parser["DEFAULT"]
+    with open(profile["key_file"], encoding="ascii") as fh:
+        key = fh.read()
+    extra = {
+        "user": profile["user"],
+        "tenancy": profile["tenancy"],
+        "fingerprint": profile["fingerprint"],
+        "private_key": key,
+        "compartment": COMPARTMENT,
+        "genai_endpoint": emu.url,
+    }
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OCI_GENAI_TEST", json.dumps({"conn_type": "oci_genai", "extra": extra})
+    )
+    leftovers = os.path.join(tempfile.gettempdir(), "oci-genai-key-*")
+    before = set(glob.glob(leftovers))
+    source = write_parts(tmp_path / "docs", _rows(12), parts=2)
+    out = tmp_path / "out"
+    dr = dagbag.get_dag("oci_genai_backfill").test(run_conf=_conf(source, out, shards=2))
+    assert dr.state == DagRunState.SUCCESS
+    assert emu.stats()["inputs_embedded"] == 12
+    assert emu.stats()["unauthenticated"] == 0
+    assert set(glob.glob(leftovers)) == before  # every task removed its key file
+    assert key.strip() not in (out / "report.json").read_text()
