@@ -226,3 +226,21 @@ def test_the_default_connection_asks_for_oci_fields_only_when_used() -> None:
         connection_settings("oci_genai_default", "oci"),
     ):
         pass
+
+
+def test_the_ui_form_lists_the_fields(monkeypatch) -> None:
+    """What the UI's connection form is built from (GET /ui/connections/hook_meta)."""
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+    from airflow.api_fastapi.app import create_app
+
+    response = TestClient(create_app()).get("/ui/connections/hook_meta")
+    assert response.status_code == 200
+    (meta,) = [h for h in response.json() if h["connection_type"] == "oci_genai"]
+    assert meta["hook_name"] == "OCI Generative AI"
+    assert meta["standard_fields"]["password"]["hidden"] is True
+    fields = meta["extra_fields"]
+    assert {"auth", "private_key", "compartment", "genai_endpoint", "region"} <= set(fields)
+    assert fields["auth"]["schema"]["enum"][0] == "api_key"
+    assert fields["private_key"]["schema"]["format"] == "password"
