@@ -174,3 +174,23 @@ def test_a_100_shard_plan_keeps_every_xcom_small(dagbag, tmp_path) -> None:
     sizes = {key: xcom_size(v) for key, v in values.items()}
     assert max(sizes.values()) <= XCOM_LIMIT, sizes
     assert len([k for k in task_instances(dr) if k[0] == "run_shard"]) == 100
+
+
+def test_a_dry_run_previews_and_runs_no_shard(dagbag, tmp_path, small_corpus) -> None:
+    from airflow.utils.state import DagRunState
+
+    out = tmp_path / "o"
+    conf = {
+        "source": small_corpus,
+        "output": str(out),
+        "dry_run": True,
+        "price_per_million_chars": 0.1,
+    }
+    dr = dagbag.get_dag("oci_genai_backfill").test(run_conf=conf)
+    assert dr.state == DagRunState.SUCCESS
+    preview = xcoms(dr)[("plan", -1, "preview")]
+    assert preview["documents"] == 60 and preview["estimated_cost"] > 0
+    tis = task_instances(dr)
+    assert tis[("plan", -1)] == ("success", 1)
+    assert all(state == "skipped" for (task, _), (state, _) in tis.items() if task != "plan")
+    assert not out.exists()
