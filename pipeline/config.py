@@ -243,6 +243,41 @@ class JobConfig:
         merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
         return cls.from_mapping(merged, origin=f"config file {path}")
 
+    # ------------------------------------------------------------------ JSON (Airflow XCom)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field (found with ``dataclasses.fields``, so new fields follow) as JSON
+        values: tuples become lists. ``from_json(c.to_json()) == c``, run_id included."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | str, *, origin: str = "config JSON") -> JobConfig:
+        """The inverse of :meth:`to_json` (a dict, or its JSON text). Values are validated
+        as in :meth:`from_mapping`; an unknown key is a ConfigError; a None value is kept as
+        None (not replaced by the default), so what was saved is what comes back."""
+        if isinstance(data, str):
+            import json
+
+            try:
+                data = json.loads(data)
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: not valid JSON ({exc})") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{origin}: expected an object of settings")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{origin}: unknown setting(s) {', '.join(unknown)}")
+        kwargs: dict[str, Any] = {
+            key: None if value is None else _coerce(key, value, known[key].type, origin)
+            for key, value in data.items()
+        }
+        return cls(**kwargs)
+
 
 def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,196 @@
+"""The two DAGs under ``dag.test()`` (SQLite, in-process): import, shape, a backfill end to
+end on the hash backend, and the settings errors that must fail the plan at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pyarrow.dataset as ds
+
+from pipeline.config import JobConfig
+from tests.airflow.helpers import task_instances, write_parts, xcom_size, xcoms
+
+XCOM_LIMIT = 4096
+JOB_FIELDS = {f.name for f in dataclasses.fields(JobConfig)}
+
+
+def test_both_dags_import_cleanly(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert {"oci_genai_backfill", "oci_genai_nightly"} <= set(dagbag.dag_ids)
+    for dag_id in ("oci_genai_backfill", "oci_genai_nightly"):
+        dag = dagbag.get_dag(dag_id)
+        assert set(dag.task_dict) == {"plan", "run_shard", "commit"}
+        assert dag.task_dict["run_shard"].pool == "oci_genai"
+        assert dag.doc_md and "run_shard" in dag.doc_md
+        assert dag.task_dict["run_shard"].downstream_task_ids == {"commit"}
+
+
+def test_backfill_params_are_jobconfig_settings(dagbag) -> None:
+    dag = dagbag.get_dag("oci_genai_backfill")
+    assert dag.schedule is None
+    names = set(dag.params) - {"conn_id"}
+    assert names <= JOB_FIELDS
+    assert {
+        "source", "output", "glob", "backend", "embed_model", "summary_model",
+        "output_dimensions", "summaries", "shards", "max_rpm", "max_tpm", "max_in_flight",
+        "dry_run", "price_per_million_chars", "max_cost",
+    } == names  # fmt: skip
+    assert dag.params["backend"] == "local"
+    assert dag.params["conn_id"] == "oci_genai_default"
+
+
+def test_nightly_schedule_is_configurable_without_code(monkeypatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.airflow.conftest import DAGS
+
+    assert DagBag(dag_folder=DAGS).get_dag("oci_genai_nightly").schedule == "@daily"
+    monkeypatch.setenv("OCI_GENAI_NIGHTLY_SCHEDULE", "0 3 * * *")
+    assert DagBag(dag_folder=DAGS).get_dag("oci_genai_nightly").schedule == "0 3 * * *"
+
+
+def test_backfill_runs_end_to_end_with_small_xcoms(dagbag, tmp_path, stdlib_docs) -> None:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+
+    source = write_parts(tmp_path / "docs", stdlib_docs[:30], parts=3)
+    out = tmp_path / "out"
+    conf = {"source": source, "output": str(out), "backend": "hash", "shards": 3}
+    dr = dagbag.get_dag("oci_genai_backfill").test(run_conf=conf)
+    assert dr.state == DagRunState.SUCCESS
+
+    tis = task_instances(dr)
+    assert tis[("plan", -1)] == ("success", 1)
+    assert [tis[("run_shard", i)] for i in range(3)] == [("success", 1)] * 3
+    assert tis[("commit", -1)] == ("success", 1)
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["documents_completed"] == 30
+    assert ds.dataset(str(out / "embeddings"), format="parquet").to_table().num_rows > 30
+    ids = set(
+        ds.dataset(str(out / "embeddings"), format="parquet").to_table()["doc_id"].to_pylist()
+    )
+    assert ids == {d["doc_id"] for d in stdlib_docs[:30]}
+
+    values = xcoms(dr)
+    assert max(xcom_size(v) for v in values.values()) <= XCOM_LIMIT
+    run_id = values[("plan", -1, "run_id")]
+    # one run id for the whole DAG run: the plan's, in every shard report and the report
+    assert report["run_id"] == run_id
+    assert len(list((out / "_state" / "reports" / run_id).glob("*.json"))) == 3
+    assert values[("commit", -1, "return_value")]["run_id"] == run_id
+    assert values[("plan", -1, "config")]["backend"] == "hash"
+
+    with create_session() as session:
+        uris = {
+            a.uri
+            for a in session.query(AssetModel).join(
+                AssetEvent, AssetEvent.asset_id == AssetModel.id
+            )
+        }
+    assert f"file://{out}" in uris
+
+
+def _plan_failure(dagbag, conf) -> tuple[dict, list[str]]:
+    """Run the backfill, expecting the plan to fail; return the task instances and the
+    failure messages the plan task's failure callback saw."""
+    from airflow.utils.state import DagRunState
+
+    dag = dagbag.get_dag("oci_genai_backfill")
+    task = dag.task_dict["plan"]
+    seen: list[str] = []
+    previous = task.on_failure_callback
+    task.on_failure_callback = [lambda context: seen.append(str(context["exception"]))]
+    try:
+        dr = dag.test(run_conf=conf)
+    finally:
+        task.on_failure_callback = previous
+    assert dr.state == DagRunState.FAILED
+    return task_instances(dr), seen
+
+
+def test_a_bad_value_fails_the_plan_at_once(dagbag, tmp_path, small_corpus) -> None:
+    conf = {"source": small_corpus, "output": str(tmp_path / "o"), "backend": "hash", "shards": 0}
+    tis, messages = _plan_failure(dagbag, conf)
+    assert tis[("plan", -1)] == ("failed", 1)  # no retry although plan has retries=2
+    assert messages == ["ConfigError: shards: must be at least 1, got 0"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unknown_conf_key_fails_the_plan_at_once(dagbag, tmp_path, small_corpus) -> None:
+    conf = {"source": small_corpus, "output": str(tmp_path / "o"), "max_rmp": 5}
+    tis, messages = _plan_failure(dagbag, conf)
+    assert tis[("plan", -1)] == ("failed", 1)
+    assert len(messages) == 1 and "unknown setting 'max_rmp'" in messages[0]
+
+
+def test_a_missing_source_fails_the_plan_at_once(dagbag, tmp_path) -> None:
+    missing = tmp_path / "no-such-corpus.parquet"
+    conf = {"source": str(missing), "output": str(tmp_path / "o"), "backend": "hash"}
+    tis, messages = _plan_failure(dagbag, conf)
+    assert tis[("plan", -1)] == ("failed", 1)
+    assert messages == [f"SourceError: source {missing} does not exist"]
+    assert ("run_shard", 0) not in tis or tis[("run_shard", 0)][1] == 0
+
+
+def test_nightly_takes_its_settings_from_a_variable_and_is_incremental(
+    dagbag, tmp_path, small_corpus, monkeypatch
+) -> None:
+    from airflow.utils.state import DagRunState
+
+    out = tmp_path / "nightly"
+    settings = {"source": small_corpus, "output": str(out), "backend": "hash"}
+    monkeypatch.setenv("AIRFLOW_VAR_OCI_GENAI_NIGHTLY", json.dumps(settings))
+    dag = dagbag.get_dag("oci_genai_nightly")
+    first = dag.test()
+    assert first.state == DagRunState.SUCCESS
+    assert json.loads((out / "report.json").read_text())["counts"]["documents_completed"] == 60
+    second = dag.test()  # the next night, nothing changed: nothing is sent again
+    assert second.state == DagRunState.SUCCESS
+    counts = json.loads((out / "report.json").read_text())["counts"]
+    assert counts["documents_skipped"] == 60
+    assert counts.get("chunks_sent", 0) == 0
+
+
+def test_a_100_shard_plan_keeps_every_xcom_small(dagbag, tmp_path) -> None:
+    from airflow.utils.state import DagRunState
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(100):
+        (docs / f"doc{i:03d}.txt").write_text(f"Document {i}: rivers, lakes and hills.\n")
+    conf = {"source": str(docs), "output": str(tmp_path / "o"), "backend": "hash", "shards": 100}
+    # the shards and the commit are marked done without running: only the plan's XComs
+    # (what 100 mapped tasks are expanded from) are measured here
+    dr = dagbag.get_dag("oci_genai_backfill").test(
+        run_conf=conf, mark_success_pattern="run_shard|commit"
+    )
+    assert dr.state == DagRunState.SUCCESS
+    values = xcoms(dr)
+    refs = values[("plan", -1, "return_value")]
+    assert len(refs) == 100 and all(isinstance(r, str) for r in refs)  # ids, not specs
+    sizes = {key: xcom_size(v) for key, v in values.items()}
+    assert max(sizes.values()) <= XCOM_LIMIT, sizes
+    assert len([k for k in task_instances(dr) if k[0] == "run_shard"]) == 100
+
+
+def test_a_dry_run_previews_and_runs_no_shard(dagbag, tmp_path, small_corpus) -> None:
+    from airflow.utils.state import DagRunState
+
+    out = tmp_path / "o"
+    conf = {
+        "source": small_corpus,
+        "output": str(out),
+        "dry_run": True,
+        "price_per_million_chars": 0.1,
+    }
+    dr = dagbag.get_dag("oci_genai_backfill").test(run_conf=conf)
+    assert dr.state == DagRunState.SUCCESS
+    preview = xcoms(dr)[("plan", -1, "preview")]
+    assert preview["documents"] == 60 and preview["estimated_cost"] > 0
+    tis = task_instances(dr)
+    assert tis[("plan", -1)] == ("success", 1)
+    assert all(state == "skipped" for (task, _), (state, _) in tis.items() if task != "plan")
+    assert not out.exists()
