@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -244,18 +245,69 @@ def test_init_writes_the_login_file_the_api_server_reads(
     assert json.loads(target.read_text()) == {"airflow": "s3cret"}
 
 
-def test_dev_config_path_matches_the_cli(tmp_path: Path) -> None:
-    """The compose file names {OCI_DEV}/oci_config: that is the file the project's own
-    ``--write-dev-config DIR`` writes."""
+def test_the_init_connection_signs_calls_the_emulator_service_accepts(
+    resolved: dict[str, Any], tmp_path: Path
+) -> None:
+    """What the stack wires up, run here over loopback with the paths moved into tmp:
+    the init step's ``--write-dev-config`` (the real CLI), the emulator service's command
+    (the real CLI, verifying signatures), and the connection's extras as the core's OCI
+    settings (the oci_genai fields map 1:1 onto JobConfig keys): one signed embed call
+    is accepted and counted."""
+    import asyncio
+
+    from pipeline.config import JobConfig
+    from pipeline.genai.oci_backend import OciBackend
+
+    script = _init_script(resolved)
+    dev = tmp_path / "oci-dev"
     done = subprocess.run(
-        [CLI, "emulator", "--write-dev-config", str(tmp_path / "oci-dev")],
+        [CLI, "emulator", "--write-dev-config", str(dev)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    config = (tmp_path / "oci-dev" / "oci_config").read_text()
-    assert "key_file" in config and "fingerprint" in config
+    assert (dev / "oci_config").is_file(), "the compose file names DIR/oci_config"
+
+    service = resolved["services"]["emulator"]
+    argv = [*service["entrypoint"], *service["command"]]
+    argv = argv[argv.index("oci-genai-batch") :]
+    argv[0] = CLI
+    argv = [a.replace(OCI_DEV, str(dev)) for a in argv]
+    argv[argv.index("--host") + 1] = "127.0.0.1"  # loopback only in tests
+    argv[argv.index("--port") + 1] = "0"  # a free port, printed
+    emulator = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert emulator.stdout is not None
+        line = emulator.stdout.readline()
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+) \(signatures: verified", line)
+        assert match, f"emulator did not start: {line!r}"
+        url = match.group(1)
+
+        extra = _conn_extra(script)
+        extra["oci_config"] = extra["oci_config"].replace(OCI_DEV, str(dev))
+        assert extra.pop("genai_endpoint") == "http://emulator:8431"
+        config = JobConfig.from_mapping(
+            {"source": "-", "output": "-", "backend": "oci", "genai_endpoint": url, **extra},
+            origin="connection oci_genai_default",
+        )
+
+        async def embed_one() -> int:
+            backend = OciBackend.from_config(config)
+            try:
+                result = await backend.embed(["a document about the standard library"])
+                return int(result.vectors.shape[0])
+            finally:
+                await backend.aclose()
+
+        assert asyncio.run(embed_one()) == 1
+        with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as answer:
+            stats = json.loads(answer.read())
+        assert stats["requests"] == 1, stats
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=30)
+    assert emulator.returncode == 0
 
 
 def test_emulator_service(resolved: dict[str, Any]) -> None:
