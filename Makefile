@@ -38,6 +38,19 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest
 
+# tests/deploy validates docker-compose.yaml with Debian's docker-compose (v1.29): installed
+# here when missing and we are root; otherwise that test fails and says how to install it.
+.PHONY: tools-deploy
+tools-deploy:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 || \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose; } || \
+	    echo "tools-deploy: could not install docker-compose" >&2; \
+	  else echo "tools-deploy: docker-compose is missing (as root: apt-get install -y docker-compose)" >&2; fi; }
+
+test: tools-deploy
+
 bench: $(STAMP)
 	$(BIN)/python bench/bench_local.py
 	$(BIN)/python bench/bench_demo.py
