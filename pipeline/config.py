@@ -68,6 +68,9 @@ class JobConfig:
     glob: str | None = None
     # execution
     batch_docs: int = 256
+    # a committed part closes at this many chunk rows or estimated output bytes
+    part_rows: int = 10_000
+    part_bytes: int = 64_000_000
     shards: int = 1
     max_rpm: int | None = None
     max_tpm: int | None = None
@@ -144,6 +147,9 @@ class JobConfig:
             )
         if self.timeout_s <= 0:
             raise ConfigError(f"timeout_s: must be positive, got {self.timeout_s}")
+        for name in ("part_rows", "part_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.max_cost is not None and self.max_cost < 0:
             raise ConfigError(f"max_cost: must not be negative, got {self.max_cost}")
         if self.max_cost is not None and self.price_per_million_chars is None:

@@ -23,9 +23,9 @@ from pipeline.genai import make_backend
 from pipeline.genai.base import Backend
 from pipeline.models import PIPELINE_VERSION
 from pipeline.report import RunReport, ShardReport, estimate_cost
+from pipeline.shard import run_shard_stages
 from pipeline.sinks import OutputStore
 from pipeline.sources import SourceOptions, SourceUnit, list_units
-from pipeline.stage import ShardWorker
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ async def _run_shard(
     backend = backend or make_backend(config)
     store = OutputStore(config.output)
     try:
-        worker = ShardWorker(
+        report = await run_shard_stages(
             spec.shard_id,
             spec.units,
             config,
@@ -147,7 +147,6 @@ async def _run_shard(
             chunk_settings(config, backend),
             on_progress=on_progress,
         )
-        report = await worker.run()
     finally:
         if own_backend:
             await backend.aclose()

@@ -142,9 +142,9 @@ def test_directory_with_bad_files_and_a_20mb_document(tmp_path) -> None:
 def test_identical_chunks_are_sent_once_and_every_row_is_written(
     tmp_path, stdlib_docs, monkeypatch
 ) -> None:
-    import pipeline.stage
+    import pipeline.shard.pack
 
-    monkeypatch.setattr(pipeline.stage, "_CACHE_ENTRIES", 40)  # force evictions
+    monkeypatch.setattr(pipeline.shard.pack, "_CACHE_ENTRIES", 40)  # force evictions
     # 600 documents sharing long identical passages (copies of 30 texts): the cache of
     # identical chunk texts across parts must never lose a vector it promised
     rows = [

@@ -1,0 +1,163 @@
+"""The values that travel between the shard's stages, and the read-ahead window.
+
+A :class:`DocWork` is one document on its way through the shard: the stages after
+``chunk`` fill in its chunk results and its summary; when both are settled, the part
+that holds it (a :class:`PartWork`) is one document closer to its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.checkpoint import FAILED, OK
+from pipeline.genai.base import SummaryResult
+from pipeline.models import Chunk, Document, Failure
+
+#: a chunk's answer: (vector, truncated, model_version)
+Hit = tuple[np.ndarray, bool, str | None]
+
+
+@dataclass(eq=False)
+class DocWork:
+    """One document in flight. ``embed`` / ``summarize``: what the index says is due."""
+
+    doc: Document
+    content_hash: str
+    embed: bool
+    summarize: bool
+    chunks: list[Chunk] = field(default_factory=list)
+    hits: list[Hit | None] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    transient: bool = False  # a chunk failed on a retryable error: no rows this run
+    embed_state: str | None = None
+    summary_state: str | None = None
+    summary: SummaryResult | None = None
+    embed_pending: int = 0
+    summary_pending: bool = False
+    part: PartWork | None = None
+    # set by the assemble stage: called once when the embedding, then the whole doc, settle
+    on_embedded: Callable[[DocWork], None] | None = None
+    on_summarized: Callable[[DocWork], None] | None = None
+    on_done: Callable[[DocWork], None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.embed_pending == 0 and not self.summary_pending
+
+    def chunk_settled(self, index: int, hit: Hit | None, failure: Failure | None) -> None:
+        """Record chunk ``index``'s answer (a hit, or a failure with its permanence)."""
+        if hit is not None:
+            self.hits[index] = hit
+        elif failure is not None:
+            self.failures.append(failure)
+            self.transient = self.transient or not failure.permanent
+        self.embed_pending -= 1
+        if self.embed_pending == 0:
+            self.embedding_settled()
+
+    def embedding_settled(self) -> None:
+        if self.embed and self.embed_state is None and not self.transient:
+            self.embed_state = FAILED if self.failures_of("embed") else OK
+        if self.on_embedded:
+            self.on_embedded(self)
+        if self.done and self.on_done:
+            self.on_done(self)
+
+    def summary_settled(self, result: SummaryResult | None, failure: Failure | None) -> None:
+        self.summary = result
+        if result is not None:
+            self.summary_state = OK
+        elif failure is not None:
+            self.failures.append(failure)
+            if failure.permanent:
+                self.summary_state = FAILED
+        self.summary_pending = False
+        if self.on_summarized:
+            self.on_summarized(self)
+        if self.done and self.on_done:
+            self.on_done(self)
+
+    def failures_of(self, stage: str) -> list[Failure]:
+        return [f for f in self.failures if f.stage == stage]
+
+
+@dataclass(eq=False)
+class PartWork:
+    """One part being assembled: the documents (and rejected rows) it will commit."""
+
+    seq: int
+    docs: list[DocWork] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)  # rejected by the source
+    rows: int = 0
+    bytes: int = 0
+    opened_at: float = field(default_factory=time.monotonic)
+    closed: bool = False
+    pending: int = 0  # documents not yet settled
+    emitted: bool = False
+    docs_read: int = 0  # valid documents of this part, for progress
+
+
+@dataclass(eq=False)
+class Admitted:
+    """One source batch after the skip stage (and, filled in, after the chunk stage)."""
+
+    docs: list[DocWork]
+    failures: list[Failure]
+    read: int
+    skipped: int
+
+
+@dataclass(eq=False)
+class Request:
+    """One embed request: unique texts, and for each the chunks waiting on it."""
+
+    texts: list[str] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    waiters: list[list[tuple[DocWork, int]]] = field(default_factory=list)
+    total_tokens: int = 0
+
+
+class Flush:
+    """A marker down the packer's channel: the window may be stalled, flush if nothing
+    else can free it."""
+
+
+FLUSH = Flush()
+
+
+class Window:
+    """Credits for read-ahead: units (chunks) admitted but not yet answered.
+
+    ``acquire`` waits while ``used + n`` would pass ``capacity`` — but never when nothing is
+    held, so one document larger than the window still goes through on its own.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+        self.stalled = False
+        self._freed = asyncio.Event()
+
+    def fits(self, n: int) -> bool:
+        return self.used == 0 or self.used + n <= self.capacity
+
+    async def acquire(self, n: int, on_stall: Callable[[], None]) -> None:
+        while not self.fits(n):
+            self._freed.clear()
+            if not self.stalled:
+                self.stalled = True
+                on_stall()
+            await self._freed.wait()
+        self.stalled = False
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
