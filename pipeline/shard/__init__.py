@@ -64,6 +64,16 @@ def window_sizes(config: JobConfig, backend: Backend) -> tuple[int, int]:
     return chunks, summaries
 
 
+#: source batches that can be read but not yet under window credit: one in each of the
+#: read, skip and chunk stages, one in each channel between them, one being admitted
+BATCHES_BEFORE_WINDOW = 7
+
+
+def read_ahead_bound(config: JobConfig, backend: Backend) -> int:
+    """Most single-chunk documents read and not yet answered, at any instant."""
+    return window_sizes(config, backend)[0] + BATCHES_BEFORE_WINDOW * config.batch_docs
+
+
 async def _pump(
     fn: Callable[[Any], Any], inbox: asyncio.Queue[Any], out: asyncio.Queue[Any]
 ) -> None:
@@ -230,5 +240,5 @@ async def run_shard_stages(
     return report
 
 
-__all__ = ["make_caller", "run_shard_stages", "window_sizes"]
+__all__ = ["make_caller", "read_ahead_bound", "run_shard_stages", "window_sizes"]
 

@@ -1,0 +1,147 @@
+"""Full requests and a full pipe: embed calls counted at the backend, in-flight requests
+and read-ahead measured from outside the pipeline (a counting backend, a counting reader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+
+import pyarrow.dataset as ds
+import pytest
+
+import pipeline.shard.read
+from pipeline.config import JobConfig
+from pipeline.genai.base import EmbedResult
+from pipeline.genai.hashembed import HashBackend
+from pipeline.runner import commit, plan, run_shard
+from pipeline.shard import read_ahead_bound
+from tests.conftest import write_corpus
+
+
+class Counting(HashBackend):
+    """The hash backend, counting embed calls and their inputs; optionally slow."""
+
+    def __init__(self, *, latency: float = 0.0, **kw: int) -> None:
+        super().__init__(**kw)
+        self.latency = latency
+        self.sizes: list[int] = []
+        self.inputs: list[str] = []
+        self.in_flight = 0
+        self.peak = 0
+        self.answered = 0
+        self.on_call: list[int] = []  # read-ahead seen at each call (set by a test)
+
+    async def embed(self, texts: list[str]) -> EmbedResult:
+        self.sizes.append(len(texts))
+        self.inputs.extend(texts)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            return await super().embed(texts)
+        finally:
+            self.in_flight -= 1
+            self.answered += len(texts)
+
+
+def _run(config: JobConfig, backend: Counting) -> dict:
+    reports = [run_shard(s, config, backend=backend) for s in plan(config)]
+    return commit(config, reports)
+
+
+def _single_chunk_docs(path: str, n: int) -> str:
+    rows = [{"doc_id": f"d{i:06d}", "text": f"Document {i} is short."} for i in range(n)]
+    return write_corpus(path, rows)
+
+
+def _commit_records(out: str) -> int:
+    root = os.path.join(out, "_state", "commits")
+    return sum(f.endswith(".json") for _, _, fs in os.walk(root) for f in fs)
+
+
+@pytest.mark.parametrize("batch_docs", [37, 256])
+def test_single_chunk_documents_fill_every_request(tmp_path, batch_docs: int) -> None:
+    src = _single_chunk_docs(str(tmp_path / "docs.parquet"), 38_400)
+    out = str(tmp_path / "out")
+    backend = Counting(dim=8)
+    config = JobConfig(
+        source=src, output=out, backend="hash", summaries=False, batch_docs=batch_docs
+    )
+    report = _run(config, backend)
+    assert len(backend.sizes) == 400 and set(backend.sizes) == {96}
+    assert report["counts"]["chunks_embedded"] == 38_400
+    assert ds.dataset(os.path.join(out, "embeddings")).count_rows() == 38_400
+
+
+def test_a_directory_of_one_line_files_takes_few_calls_and_few_parts(tmp_path) -> None:
+    src = tmp_path / "docs"
+    src.mkdir()
+    for i in range(300):
+        (src / f"note-{i:03d}.txt").write_text(f"Note {i}: remember the milk.\n")
+    out = str(tmp_path / "out")
+    backend = Counting(dim=8)
+    report = _run(JobConfig(source=str(src), output=out, backend="hash"), backend)
+    assert len(backend.sizes) == math.ceil(300 / 96) == 4
+    assert sorted(backend.sizes) == [12, 96, 96, 96]  # only the last request is partial
+    assert report["counts"]["parts_committed"] <= 3
+    assert _commit_records(out) <= 3
+    parquet = [f for _, _, fs in os.walk(out) for f in fs if f.endswith(".parquet")]
+    assert len(parquet) <= 3 * 2  # embeddings and summaries of each part
+    assert report["counts"]["summaries"] == 300
+    assert ds.dataset(os.path.join(out, "embeddings")).count_rows() == 300
+
+
+def test_in_flight_requests_reach_max_in_flight(tmp_path) -> None:
+    src = _single_chunk_docs(str(tmp_path / "docs.parquet"), 96 * 48)
+    backend = Counting(dim=8, latency=0.2)
+    config = JobConfig(
+        source=src,
+        output=str(tmp_path / "out"),
+        backend="hash",
+        summaries=False,
+        max_in_flight=16,
+    )
+    report = _run(config, backend)
+    assert backend.peak == 16  # measured at the backend
+    assert report["calls"]["peak_in_flight"] == 16  # and reported
+    assert len(backend.sizes) == 48
+
+
+def test_read_ahead_stays_within_the_window(tmp_path, monkeypatch) -> None:
+    n = 10_000
+    src = _single_chunk_docs(str(tmp_path / "docs.parquet"), n)
+    backend = Counting(dim=8, latency=0.02)
+    read = {"docs": 0}
+    real = pipeline.shard.read.read_units
+
+    def counting_reader(units, options):  # type: ignore[no-untyped-def]
+        for batch in real(units, options):
+            read["docs"] += len(batch.documents)
+            yield batch
+
+    monkeypatch.setattr(pipeline.shard.read, "read_units", counting_reader)
+    ahead: list[int] = []
+    original = backend.embed
+
+    async def embed(texts: list[str]) -> EmbedResult:
+        ahead.append(read["docs"] - backend.answered)  # read but not yet answered
+        return await original(texts)
+
+    backend.embed = embed  # type: ignore[method-assign]
+    config = JobConfig(
+        source=src,
+        output=str(tmp_path / "out"),
+        backend="hash",
+        summaries=False,
+        max_in_flight=2,
+        batch_docs=50,
+    )
+    report = _run(config, backend)
+    assert report["counts"]["chunks_embedded"] == n
+    # the window (2 rounds of 2 requests of 96), plus the source batches before it
+    bound = read_ahead_bound(config, backend)
+    assert max(ahead) <= bound < n / 10
+    assert backend.peak == 2
