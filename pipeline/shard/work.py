@@ -62,7 +62,8 @@ class DocWork:
 
     def embedding_settled(self) -> None:
         if self.embed and self.embed_state is None and not self.transient:
-            self.embed_state = FAILED if self.failures_of("embed") else OK
+            failed = any(f.stage == "embed" for f in self.failures)
+            self.embed_state = FAILED if failed else OK
         if self.on_embedded:
             self.on_embedded(self)
         if self.done and self.on_done:
@@ -81,9 +82,6 @@ class DocWork:
             self.on_summarized(self)
         if self.done and self.on_done:
             self.on_done(self)
-
-    def failures_of(self, stage: str) -> list[Failure]:
-        return [f for f in self.failures if f.stage == stage]
 
 
 @dataclass(eq=False)
