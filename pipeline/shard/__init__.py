@@ -154,7 +154,7 @@ async def run_shard_stages(
 
     def committed(part: PartWork) -> None:
         parts.committed()
-        progress(part.docs_read)
+        progress(len(part.docs))
 
     batches: asyncio.Queue[SourceBatch | None] = asyncio.Queue(1)
     admitted: asyncio.Queue[Admitted | None] = asyncio.Queue(1)

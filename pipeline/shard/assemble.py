@@ -62,7 +62,6 @@ class Parts:
     def add_failures(self, batch: Admitted) -> None:
         part = self._part()
         part.failures.extend(batch.failures)
-        part.docs_read += batch.read - batch.skipped
 
     def add(self, work: DocWork, keep_text: bool) -> None:
         rows = len(work.chunks)

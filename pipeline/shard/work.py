@@ -97,7 +97,6 @@ class PartWork:
     closed: bool = False
     pending: int = 0  # documents not yet settled
     emitted: bool = False
-    docs_read: int = 0  # valid documents of this part, for progress
 
 
 @dataclass(eq=False)

@@ -73,6 +73,7 @@ def test_single_chunk_documents_fill_every_request(tmp_path, batch_docs: int) ->
     report = _run(config, backend)
     assert len(backend.sizes) == 400 and set(backend.sizes) == {96}
     assert report["counts"]["chunks_embedded"] == 38_400
+    assert report["counts"]["parts_committed"] == 4  # parts of 10,000 rows (the default)
     assert ds.dataset(os.path.join(out, "embeddings")).count_rows() == 38_400
 
 
@@ -145,3 +146,54 @@ def test_read_ahead_stays_within_the_window(tmp_path, monkeypatch) -> None:
     bound = read_ahead_bound(config, backend)
     assert max(ahead) <= bound < n / 10
     assert backend.peak == 2
+
+
+def test_parts_close_on_rows_bytes_and_time() -> None:
+    from pipeline.models import Chunk, Document
+    from pipeline.report import ShardReport
+    from pipeline.shard.assemble import PartLimits, Parts
+    from pipeline.shard.work import DocWork
+
+    now = [0.0]
+    queue: asyncio.Queue = asyncio.Queue()
+    parts = Parts(
+        7, PartLimits(rows=5, bytes=10_000, seconds=30.0), queue, ShardReport("s", "r"),
+        row_bytes=1000, clock=lambda: now[0],
+    )
+
+    def doc(i: int, chunks: int) -> DocWork:
+        d = Document(f"d{i}", "text")
+        w = DocWork(d, "h", embed=True, summarize=False)
+        w.chunks = [Chunk(d.doc_id, f"c{k}", k, 0, 4, "text", 1, "h") for k in range(chunks)]
+        return w
+
+    works = [doc(0, 3), doc(1, 2), doc(2, 1), doc(3, 9), doc(4, 1)]
+    for w in works[:3]:
+        parts.add(w, keep_text=False)
+    # 3 + 2 rows fill part 7; the third document opens part 8
+    assert [w.part.seq for w in works[:3]] == [7, 7, 8]  # type: ignore[union-attr]
+    parts.add(works[3], keep_text=False)  # 9 rows: never split, alone in part 9
+    assert works[3].part.seq == 9  # type: ignore[union-attr]
+    for w in works[:4]:
+        parts.doc_settled(w)
+    assert [p.seq for p in _drain(queue)] == [7, 8]  # closed and settled; 9 is still open
+    now[0] = 31.0
+    parts.tick()  # open for 31 s: closed, and it commits as soon as it is settled
+    assert [p.seq for p in _drain(queue)] == [9]
+    parts.add(works[4], keep_text=False)
+    assert works[4].part.seq == 10  # type: ignore[union-attr]
+    # bytes: 2 rows of ~1,000 bytes fit 2,500; one more row does not
+    by_bytes = Parts(
+        0, PartLimits(rows=100, bytes=2500), queue, ShardReport("s", "r"), row_bytes=1000
+    )
+    a, b = doc(5, 2), doc(6, 1)
+    by_bytes.add(a, keep_text=False)
+    by_bytes.add(b, keep_text=False)
+    assert (a.part.seq, b.part.seq) == (0, 1)  # type: ignore[union-attr]
+
+
+def _drain(queue: asyncio.Queue) -> list:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
