@@ -6,6 +6,9 @@ inputs per call and tokens per call), sends them concurrently under the shared
 server's Retry-After), and splits a batch the service rejects (400) in halves until the
 offending input stands alone; that input becomes a ``Failure`` and the rest succeed.
 Results are aligned 1:1 with the inputs, checked on every response.
+``Caller.embed_request`` sends one request already packed (the shard's pack stage packs
+across documents and parts); ``Caller.summarize_one`` one summary call. Retry lines are
+logged at DEBUG: a long run stays quiet by default, ``-v`` shows them.
 """
 
 from __future__ import annotations
