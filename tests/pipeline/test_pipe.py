@@ -197,3 +197,38 @@ def _drain(queue: asyncio.Queue) -> list:
     while not queue.empty():
         out.append(queue.get_nowait())
     return out
+
+
+def test_summary_failures_per_document_through_the_stages(tmp_path) -> None:
+    from pipeline.errors import BadRequestError, ServerError
+    from tests.pipeline.test_execute import Scripted
+
+    docs = [{"doc_id": f"d{i}", "text": f"Document {i} says something."} for i in range(8)]
+    docs[2]["text"] = "Document 2 is POISON."
+    docs[5]["text"] = "Document 5 is FLAKY."
+    src = write_corpus(str(tmp_path / "docs.parquet"), docs)
+    flaky = {"on": True}
+
+    def script(n: int, texts: list[str]) -> None:
+        if len(texts) == 1 and "POISON" in texts[0]:
+            raise BadRequestError("too long", status=400, code="InvalidParameter")
+        if len(texts) == 1 and "FLAKY" in texts[0] and flaky["on"]:
+            raise ServerError("busy", status=503, code="ServiceUnavailable")
+
+    backend = Scripted(script)  # no summarize_many: one summarize_document per document
+    out = str(tmp_path / "out")
+    config = JobConfig(source=src, output=out, backend="hash", batch_docs=3, max_attempts=2)
+    first = _run(config, backend)  # type: ignore[arg-type]
+    summaries = ds.dataset(os.path.join(out, "summaries")).to_table().column("doc_id")
+    assert sorted(summaries.to_pylist()) == [f"d{i}" for i in (0, 1, 3, 4, 6, 7)]
+    fails = ds.dataset(os.path.join(out, "failures")).to_table().to_pylist()
+    assert sorted((f["doc_id"], f["stage"], f["permanent"]) for f in fails) == [
+        ("d2", "summarize", True),
+        ("d5", "summarize", False),
+    ]
+    assert first["counts"]["chunks_embedded"] == 8  # embeddings of all eight committed
+    flaky["on"] = False
+    backend.calls.clear()
+    _run(config, backend)  # type: ignore[arg-type]
+    # only the transient summary is redone; the permanent one waits for --retry-failed
+    assert backend.calls == [["Document 5 is FLAKY."]]
