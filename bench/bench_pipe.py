@@ -36,8 +36,18 @@ from pipeline.genai.emulator.devconfig import write_dev_config  # noqa: E402
 def start_emulator(config: str, latency_ms: int) -> tuple[subprocess.Popen[str], str]:
     """The emulator in its own process, without a rate limit; (process, base URL)."""
     proc = subprocess.Popen(
-        [CLI, "emulator", "--port", "0", "--oci-config", config, "--embedder", "hash",
-         "--latency-ms", str(latency_ms)],
+        [
+            CLI,
+            "emulator",
+            "--port",
+            "0",
+            "--oci-config",
+            config,
+            "--embedder",
+            "hash",
+            "--latency-ms",
+            str(latency_ms),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -241,4 +241,3 @@ async def run_shard_stages(
 
 
 __all__ = ["make_caller", "read_ahead_bound", "run_shard_stages", "window_sizes"]
-

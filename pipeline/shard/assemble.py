@@ -68,8 +68,10 @@ class Parts:
         size = sum(self.row_bytes + (len(c.text) if keep_text else 0) for c in work.chunks)
         size += _SUMMARY_BYTES if work.summarize else 0
         part = self.open
-        if part is not None and part.docs and (
-            part.rows + rows > self.limits.rows or part.bytes + size > self.limits.bytes
+        if (
+            part is not None
+            and part.docs
+            and (part.rows + rows > self.limits.rows or part.bytes + size > self.limits.bytes)
         ):
             self.close()
         part = self._part()
@@ -181,3 +183,6 @@ async def admit_stage(
                 work.embedding_settled()  # nothing to send: no chunks, or a chunk failure
             admitted.append(work)
         await hand_on(admitted)
+
+
+__all__ = ["PartLimits", "Parts", "admit_stage"]

@@ -58,3 +58,6 @@ async def call_stage(
                 break
             await slots.acquire()
             group.create_task(one(req))
+
+
+__all__ = ["call_stage", "send"]

@@ -27,3 +27,6 @@ def chunk(batch: Admitted, counter: TokenCounter, settings: ChunkSettings) -> Ad
             continue
         work.hits = [None] * len(work.chunks)
     return batch
+
+
+__all__ = ["chunk"]

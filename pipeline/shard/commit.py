@@ -180,3 +180,6 @@ async def commit_stage(
             sum(1 for w in part.docs if w.embed_state == OK or w.summary_state == OK),
         )
         on_committed(part)
+
+
+__all__ = ["CommitTarget", "commit_stage", "write_part"]

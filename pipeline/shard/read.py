@@ -23,3 +23,6 @@ async def read_stage(
             break
         await out.put(batch)
     await out.put(None)
+
+
+__all__ = ["read_stage"]

@@ -23,3 +23,6 @@ def skip(batch: SourceBatch, index: Index, *, summaries: bool, retry_failed: boo
         else:
             skipped += 1
     return Admitted(docs, list(batch.failures), read=len(batch.documents), skipped=skipped)
+
+
+__all__ = ["skip"]

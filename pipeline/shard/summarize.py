@@ -58,9 +58,9 @@ async def summarize_stage(
 
     def within(work: DocWork) -> bool:
         # a long document must go map-reduce; a short one may join a batched pass
-        return budget is None or len(work.doc.text) <= budget or count_tokens(
-            work.doc.text
-        ) <= budget
+        return (
+            budget is None or len(work.doc.text) <= budget or count_tokens(work.doc.text) <= budget
+        )
 
     async def one(work: DocWork) -> None:
         async def call(text: str) -> SummaryResult:
@@ -116,3 +116,6 @@ async def summarize_stage(
                 if many is None or not within(work):
                     await slots.acquire()
                     group.create_task(one(work))
+
+
+__all__ = ["summarize_stage", "summary_failure"]

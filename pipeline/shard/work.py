@@ -158,3 +158,6 @@ class Window:
     def release(self, n: int) -> None:
         self.used -= n
         self._freed.set()
+
+
+__all__ = ["FLUSH", "Admitted", "DocWork", "Flush", "Hit", "PartWork", "Request", "Window"]

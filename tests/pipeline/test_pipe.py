@@ -157,8 +157,12 @@ def test_parts_close_on_rows_bytes_and_time() -> None:
     now = [0.0]
     queue: asyncio.Queue = asyncio.Queue()
     parts = Parts(
-        7, PartLimits(rows=5, bytes=10_000, seconds=30.0), queue, ShardReport("s", "r"),
-        row_bytes=1000, clock=lambda: now[0],
+        7,
+        PartLimits(rows=5, bytes=10_000, seconds=30.0),
+        queue,
+        ShardReport("s", "r"),
+        row_bytes=1000,
+        clock=lambda: now[0],
     )
 
     def doc(i: int, chunks: int) -> DocWork:
