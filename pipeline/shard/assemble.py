@@ -137,7 +137,6 @@ async def admit_stage(
     report = parts.report
 
     def embedded(work: DocWork) -> None:
-        window.release(len(work.chunks) if work.embed else 0)
         if work.transient:
             # all or nothing for a document with a retryable failure: a re-run redoes
             # the whole document, so none of its rows may be committed now
@@ -175,6 +174,7 @@ async def admit_stage(
             report.add("chunks", n)
             work.embed_pending = n
             work.summary_pending = work.summarize
+            work.credit = window
             work.on_embedded = embedded
             work.on_summarized = summarized
             work.on_done = parts.doc_settled

@@ -40,6 +40,7 @@ class DocWork:
     embed_pending: int = 0
     summary_pending: bool = False
     part: PartWork | None = None
+    credit: Window | None = None  # given back one per chunk as its answer settles
     # set by the assemble stage: called once when the embedding, then the whole doc, settle
     on_embedded: Callable[[DocWork], None] | None = None
     on_summarized: Callable[[DocWork], None] | None = None
@@ -57,6 +58,8 @@ class DocWork:
             self.failures.append(failure)
             self.transient = self.transient or not failure.permanent
         self.embed_pending -= 1
+        if self.credit is not None:
+            self.credit.release(1)
         if self.embed_pending == 0:
             self.embedding_settled()
 
@@ -128,10 +131,11 @@ FLUSH = Flush()
 
 
 class Window:
-    """Credits for read-ahead: units (chunks) admitted but not yet answered.
+    """Credits for read-ahead: chunks admitted but not yet answered (each is given back
+    as its answer settles).
 
-    ``acquire`` waits while ``used + n`` would pass ``capacity`` — but never when nothing is
-    held, so one document larger than the window still goes through on its own.
+    ``acquire`` waits while ``used + n`` would pass ``capacity``; see :meth:`fits` for
+    documents too large for the window.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -142,7 +146,12 @@ class Window:
         self._freed = asyncio.Event()
 
     def fits(self, n: int) -> bool:
-        return self.used == 0 or self.used + n <= self.capacity
+        if self.used == 0 or self.used + n <= self.capacity:
+            return True
+        # a large document goes in while the window is not full, so it never waits for the
+        # whole window to drain (that would force partial requests and idle the pipe);
+        # the window then holds at most ``capacity`` + the largest document
+        return n > self.capacity // 2 and self.used < self.capacity
 
     async def acquire(self, n: int, on_stall: Callable[[], None]) -> None:
         while not self.fits(n):

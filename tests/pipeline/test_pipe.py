@@ -236,3 +236,60 @@ def test_summary_failures_per_document_through_the_stages(tmp_path) -> None:
     _run(config, backend)  # type: ignore[arg-type]
     # only the transient summary is redone; the permanent one waits for --retry-failed
     assert backend.calls == [["Document 5 is FLAKY."]]
+
+
+def test_small_window_mixed_documents_finish_exactly_once(tmp_path, stdlib_docs) -> None:
+    """A window of 2 requests, documents of 1 to hundreds of chunks (some larger than the
+    window), repeated texts, small parts, summaries: everything settles, nothing twice."""
+    from collections import Counter
+
+    from pipeline.runner import chunk_settings, source_options
+    from pipeline.shard import run_shard_stages
+    from pipeline.sinks import OutputStore
+
+    def text(i: int, n: int) -> str:  # n distinct source texts, so no repeats inside
+        return "\n\n".join(stdlib_docs[(i + k) % len(stdlib_docs)]["text"] for k in range(n))
+
+    rows = []
+    for i in range(120):
+        size = 200 if i % 11 == 0 else 1 + i % 7  # every 11th: larger than the window
+        # every 5th document repeats another's text: identical chunks across documents
+        rows.append({"doc_id": f"m{i:03d}", "text": text(i % 40 if i % 5 == 0 else i, size)})
+    src = write_corpus(str(tmp_path / "mixed.parquet"), rows)
+    out = str(tmp_path / "out")
+    backend = Counting(dim=8, latency=0.001)
+    config = JobConfig(
+        source=src, output=out, backend="hash", max_in_flight=1, part_rows=50, batch_docs=7
+    )
+    (spec,) = plan(config)
+
+    async def go() -> object:
+        return await asyncio.wait_for(
+            run_shard_stages(
+                spec.shard_id,
+                spec.units,
+                config,
+                backend,
+                OutputStore(out),
+                source_options(config),
+                chunk_settings(config, backend),
+            ),
+            timeout=120,
+        )
+
+    report = asyncio.run(go())
+    counts = report.counts  # type: ignore[attr-defined]
+    emb = ds.dataset(os.path.join(out, "embeddings")).to_table()
+    per_chunk = Counter(
+        zip(emb.column("doc_id").to_pylist(), emb.column("chunk_index").to_pylist(), strict=True)
+    )
+    assert set(per_chunk.values()) == {1}
+    assert len({d for d, _ in per_chunk}) == 120
+    assert counts["chunks_embedded"] == counts["chunks"] == emb.num_rows
+    assert len(backend.inputs) == counts["chunks_sent"] < counts["chunks"]
+    # requests stay full: a document larger than the window goes in without waiting
+    # for the window to drain (which would force a partial request at each one); only a
+    # stall with nothing in flight (this window is 2 requests) flushes one early
+    partial = [n for n in backend.sizes if n < 96]
+    assert len(partial) <= 3, partial
+    assert counts["summaries"] == 120 and counts["parts_committed"] > 5
