@@ -57,6 +57,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "chunk_tokens": (16, 1_000_000),
     "chunk_overlap": (0, 1_000_000),
     "summary_input_tokens": (256, 100_000_000),
+    "part_rows": (1, 10_000_000),
+    "part_bytes": (1, 10_000_000_000),
 }
 # Seconds a single request may take: more than a day is a unit mix-up (ms for s).
 _MAX_TIMEOUT_S = 86_400.0
@@ -94,6 +96,9 @@ class JobConfig:
     follow_links: bool = False  # directory sources: follow links that leave the source
     # execution
     batch_docs: int = 256
+    # a committed part closes at this many chunk rows or estimated output bytes
+    part_rows: int = 10_000
+    part_bytes: int = 64_000_000
     shards: int = 1
     max_rpm: int | None = None
     max_tpm: int | None = None

@@ -8,6 +8,9 @@ offending input stands alone; that input becomes a ``Failure`` and the rest succ
 Results are aligned 1:1 with the inputs, checked on every response. Every outcome goes
 to the ``Breaker`` (``pipeline.breaker``), which paces the first requests and stops the
 run with one error on a wrong setting or a sustained outage.
+``Caller.embed_request`` sends one request already packed (the shard's pack stage packs
+across documents and parts); ``Caller.summarize_one`` one summary call. Retry lines are
+logged at DEBUG: a long run stays quiet by default, ``-v`` shows them.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class CallStats:
     input_tokens: int = 0
     input_chars: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    #: most requests awaiting an answer at one instant (inside the budget's slot)
+    peak_in_flight: int = 0
+    in_flight: int = 0
 
     def merge(self, other: CallStats) -> None:
         self.calls += other.calls
@@ -61,6 +67,7 @@ class CallStats:
         self.input_tokens += other.input_tokens
         self.input_chars += other.input_chars
         self.latencies_ms.extend(other.latencies_ms)
+        self.peak_in_flight = max(self.peak_in_flight, other.peak_in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +161,10 @@ class Caller:
                     self.stats.calls += 1
                     self.stats.input_tokens += tokens
                     self.stats.input_chars += chars
+                    self.stats.in_flight += 1
+                    self.stats.peak_in_flight = max(
+                        self.stats.peak_in_flight, self.stats.in_flight
+                    )
                     try:
                         result = await fn()
                     except ThrottledError as exc:
@@ -168,6 +179,8 @@ class Caller:
                         self.stats.errors += 1
                         self.breaker.failed(op, exc)
                         raise
+                    finally:
+                        self.stats.in_flight -= 1
                     self.stats.latencies_ms.append((time.monotonic() - started) * 1000.0)
                     self.budget.concurrency.on_success()
                     self.budget.rate.on_success()
@@ -178,7 +191,8 @@ class Caller:
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
+        # one line per retried request: DEBUG (``-v``), so a long run stays quiet by default
+        log.debug(
             "%s call failed (attempt %d of %d), retrying in %.1f s: %s",
             self.backend.name,
             state.attempt_number,
@@ -263,6 +277,16 @@ class Caller:
             )
         return result
 
+    async def embed_request(
+        self, texts: Sequence[str], tokens: Sequence[int]
+    ) -> tuple[list[tuple[np.ndarray, bool, EmbedResult] | None], list[TextFailure]]:
+        """One packed request (the caller kept it within the backend's limits), with
+        retries and a 400 split down to the offending input. Aligned as ``embed``."""
+        out: list[Any] = [None] * len(texts)
+        failures: list[TextFailure] = []
+        await self._embed_group(texts, tokens, list(range(len(texts))), out, failures)
+        return out, failures
+
     async def embed(
         self, texts: Sequence[str], tokens: Sequence[int]
     ) -> tuple[list[tuple[np.ndarray, bool, EmbedResult] | None], list[TextFailure]]:
@@ -278,6 +302,15 @@ class Caller:
         return out, failures
 
     # ------------------------------------------------------------------ summaries
+
+    async def summarize_one(self, text: str, settings: SummarySettings) -> SummaryResult:
+        """One summary call under the budget, with retries; raises the last GenAIError
+        (its ``attempts`` set)."""
+        tokens = max(1, len(text) // 4)  # a rough figure for the tokens-per-minute budget
+        result, _ = await self._call(
+            lambda: self.backend.summarize(text, settings), tokens, len(text), op=SUMMARY
+        )
+        return result
 
     async def summarize(
         self, texts: Sequence[str], tokens: Sequence[int], settings: SummarySettings

@@ -21,14 +21,14 @@ from pipeline.config import JobConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.genai import make_backend
 from pipeline.genai.base import Backend
-from pipeline.lease import run_lease
+from pipeline.lease import run_lease, shard_lease
 from pipeline.models import PIPELINE_VERSION
 from pipeline.preflight import preflight
 from pipeline.report import RunReport, ShardReport, estimate_cost
+from pipeline.shard import run_shard_stages
 from pipeline.sinks import OutputStore
 from pipeline.sources import SourceOptions, SourceUnit, find_duplicates, list_units
 from pipeline.sources.duplicates import duplicates_path
-from pipeline.stage import ShardWorker
 
 log = logging.getLogger(__name__)
 
@@ -179,17 +179,19 @@ async def _run_shard(
     backend = backend or make_backend(config)
     store = OutputStore(config.output)
     try:
-        worker = ShardWorker(
-            spec.shard_id,
-            spec.units,
-            config,
-            backend,
-            store,
-            source_options(config),
-            chunk_settings(config, backend),
-            on_progress=on_progress,
-        )
-        report = await worker.run()
+        # one live writer per shard; on the CLI path this joins the run lease run() holds,
+        # in Airflow it joins (or takes) the run's lease itself
+        with shard_lease(store, config.run_id, spec.shard_id):
+            report = await run_shard_stages(
+                spec.shard_id,
+                spec.units,
+                config,
+                backend,
+                store,
+                source_options(config),
+                chunk_settings(config, backend),
+                on_progress=on_progress,
+            )
     finally:
         if own_backend:
             await backend.aclose()

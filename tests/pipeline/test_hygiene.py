@@ -47,7 +47,7 @@ def _loaded_after(code: str) -> set[str]:
 
 def test_importing_the_core_loads_no_airflow() -> None:
     mods = _loaded_after(
-        "import pipeline, pipeline.runner, pipeline.cli, pipeline.stage, pipeline.sources,"
+        "import pipeline, pipeline.runner, pipeline.cli, pipeline.shard, pipeline.sources,"
         " pipeline.genai.local, pipeline.genai.hashembed, pipeline.checkpoint"
     )
     assert "pipeline.runner" in mods  # the imports really happened

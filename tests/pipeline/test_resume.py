@@ -39,6 +39,8 @@ def _cmd(src: str, out: str) -> list[str]:
         "hash",
         "--batch-docs",
         "25",
+        "--part-rows",  # parts are sized by rows: 25 here, so there are many to kill between
+        "25",
         "--no-progress",
         "--run-id",
         "r",

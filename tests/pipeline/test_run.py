@@ -10,9 +10,12 @@ import sys
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.config import JobConfig
-from pipeline.runner import run
+from pipeline.genai.base import EmbedResult
+from pipeline.genai.hashembed import HashBackend
+from pipeline.runner import commit, plan, run, run_shard
 from tests.conftest import write_corpus
 
 
@@ -139,12 +142,32 @@ def test_directory_with_bad_files_and_a_20mb_document(tmp_path) -> None:
     assert result.report["counts"]["documents_completed"] == 4
 
 
-def test_identical_chunks_are_sent_once_and_every_row_is_written(
-    tmp_path, stdlib_docs, monkeypatch
-) -> None:
-    import pipeline.stage
+class _CountingHash(HashBackend):
+    """The hash backend, keeping every input it was really sent."""
 
-    monkeypatch.setattr(pipeline.stage, "_CACHE_ENTRIES", 40)  # force evictions
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[str] = []
+
+    async def embed(self, texts: list[str]) -> EmbedResult:
+        self.inputs.extend(texts)
+        return await super().embed(texts)
+
+
+def _run_counting(config: JobConfig) -> tuple[dict, list[str]]:
+    backend = _CountingHash()
+    reports = [run_shard(s, config, backend=backend) for s in plan(config)]
+    return commit(config, reports), backend.inputs
+
+
+@pytest.mark.parametrize("cache_entries", [40, None])
+def test_identical_chunks_are_sent_once_and_every_row_is_written(
+    tmp_path, stdlib_docs, monkeypatch, cache_entries
+) -> None:
+    import pipeline.shard.pack
+
+    if cache_entries:
+        monkeypatch.setattr(pipeline.shard.pack, "_CACHE_ENTRIES", cache_entries)  # evictions
     # 600 documents sharing long identical passages (copies of 30 texts): the cache of
     # identical chunk texts across parts must never lose a vector it promised
     rows = [
@@ -153,12 +176,18 @@ def test_identical_chunks_are_sent_once_and_every_row_is_written(
     ]
     src = write_corpus(str(tmp_path / "copies.parquet"), rows)
     out = str(tmp_path / "out")
-    result = run(JobConfig(source=src, output=out, backend="hash", batch_docs=16, summaries=False))
-    c = result.report["counts"]
+    config = JobConfig(source=src, output=out, backend="hash", batch_docs=16, summaries=False)
+    report, sent = _run_counting(config)
+    c = report["counts"]
+    emb = _table(out, "embeddings")
     assert c["failures"] == 0
-    assert c["chunks_embedded"] == c["chunks"] == _table(out, "embeddings").num_rows
-    assert c["chunks_sent"] < c["chunks"]  # shared passages were embedded once
-    assert c["chunks_sent"] + c["chunks_deduplicated"] == c["chunks"]
+    assert c["chunks_embedded"] == c["chunks"] == emb.num_rows
+    # what the backend really received is what the report says was sent
+    assert len(sent) == c["chunks_sent"] < c["chunks"]
+    distinct = set(emb.column("text").to_pylist())
+    assert set(sent) == distinct  # every distinct chunk text reached the backend
+    if cache_entries is None:
+        assert len(sent) == len(distinct)  # and, with room in the cache, exactly once
 
 
 def test_passthrough_columns_reach_the_outputs(tmp_path) -> None:

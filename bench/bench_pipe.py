@@ -1,0 +1,176 @@
+"""A full request pipe: the whole pipeline against the emulator at 200 ms latency.
+
+    .venv/bin/python bench/bench_pipe.py [--docs 60000] [--latency-ms 200]
+
+The emulator (a separate process, hash embedder, signatures verified, no rate limit)
+answers each request after ~``--latency-ms``. The CLI runs ``--backend oci
+--no-summaries --output-dimensions 256`` over single-chunk documents with
+``--max-in-flight`` 64 (and 8 for comparison), in a fresh process each. Prints inputs/s
+(wall time of the whole run, start-up included, and of the shard), the peak of requests
+in flight (from the run's report), embed calls per 1,000 documents (from the emulator's
+count of embedText calls) and the aim of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.bench_throughput import CLI, make_corpus  # noqa: E402
+from pipeline.genai.emulator.devconfig import write_dev_config  # noqa: E402
+
+
+def start_emulator(config: str, latency_ms: int) -> tuple[subprocess.Popen[str], str]:
+    """The emulator in its own process, without a rate limit; (process, base URL)."""
+    proc = subprocess.Popen(
+        [
+            CLI,
+            "emulator",
+            "--port",
+            "0",
+            "--oci-config",
+            config,
+            "--embedder",
+            "hash",
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", proc.stdout.readline())
+        if m:
+            return proc, m.group(1)
+    proc.kill()
+    raise SystemExit("emulator did not start")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_once(
+    url: str, config: str, corpus: str, out: str, in_flight: int, emulator_pid: int
+) -> dict[str, float]:
+    httpx.post(f"{url}/_emulator/reset")
+    cmd = [
+        CLI,
+        "run",
+        "--source",
+        corpus,
+        "--output",
+        out,
+        "--backend",
+        "oci",
+        "--genai-endpoint",
+        url,
+        "--oci-config",
+        config,
+        "--compartment",
+        "ocid1.compartment.oc1..bench",
+        "--no-summaries",
+        "--output-dimensions",
+        "256",
+        "--max-in-flight",
+        str(in_flight),
+        "--no-progress",
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    emu_before = _cpu_seconds(emulator_pid)
+    started = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    emu_cpu = _cpu_seconds(emulator_pid) - emu_before
+    with open(os.path.join(out, "report.json"), encoding="utf-8") as fh:
+        report = json.load(fh)
+    stats = httpx.get(f"{url}/_emulator/stats").json()
+    inputs = report["counts"]["chunks_sent"]
+    return {
+        "wall": wall,
+        "shard_s": report["shard_seconds"],
+        "inputs": inputs,
+        "per_s_wall": inputs / wall,
+        "per_s_shard": inputs / report["shard_seconds"],
+        "peak": report["calls"]["peak_in_flight"],
+        "calls": report["calls"]["calls"],
+        "emulator_calls": stats["actions"].get("embedText", 0),
+        "cpu_ms_per_1000": 1000 * cpu / inputs * 1000,
+        "emu_cpu_ms_per_1000": 1000 * emu_cpu / inputs * 1000,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=60_000)
+    ap.add_argument("--latency-ms", type=int, default=200)
+    args = ap.parse_args()
+    work = os.path.join(ROOT, "out", "bench-pipe")
+    os.makedirs(work, exist_ok=True)
+    config, _ = write_dev_config(work)
+    corpus = os.path.join(work, f"corpus-{args.docs}.parquet")
+    if not os.path.exists(corpus):
+        make_corpus(corpus, args.docs)
+    # no --rpm: an emulator without a rate limit
+    emu, url = start_emulator(config, args.latency_ms)
+    rows = []
+    try:
+        for in_flight in (64, 8):
+            out = os.path.join(work, f"out-{in_flight}-{time.time_ns()}")
+            rows.append((in_flight, run_once(url, config, corpus, out, in_flight, emu.pid)))
+    finally:
+        emu.send_signal(signal.SIGTERM)
+        emu.wait(timeout=30)
+    print(
+        f"emulator: ~{args.latency_ms} ms latency, no rate limit, hash embedder; "
+        f"{args.docs:,} single-chunk documents, 256-d, --no-summaries; one fresh CLI per row"
+    )
+    print(
+        f"{'--max-in-flight':>15} {'inputs/s (wall)':>16} {'inputs/s (shard)':>17} "
+        f"{'peak in flight':>15} {'embed calls':>12} {'calls/1,000 docs':>17}"
+    )
+    for in_flight, r in rows:
+        print(
+            f"{in_flight:>15} {r['per_s_wall']:>16,.0f} {r['per_s_shard']:>17,.0f} "
+            f"{r['peak']:>15.0f} {r['emulator_calls']:>12,.0f} "
+            f"{1000 * r['emulator_calls'] / args.docs:>17.2f}"
+        )
+    print(
+        f"{'--max-in-flight':>15} {'pipeline CPU ms/1,000 inputs':>29} "
+        f"{'emulator CPU ms/1,000 inputs':>29} {'wall s':>7}"
+    )
+    for in_flight, r in rows:
+        print(
+            f"{in_flight:>15} {r['cpu_ms_per_1000']:>29.0f} {r['emu_cpu_ms_per_1000']:>29.0f} "
+            f"{r['wall']:>7.1f}"
+        )
+    print(f"load average at the end (other work on this machine): {os.getloadavg()[0]:.1f}")
+    print(
+        f"aims: peak in flight = --max-in-flight; >= 5,000 inputs/s at 64; "
+        f"calls per 1,000 documents = {1000 / 96:.2f} (ceil: {math.ceil(args.docs / 96):,} calls)"
+    )
+
+
+if __name__ == "__main__":
+    main()
