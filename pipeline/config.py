@@ -56,7 +56,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "dim": (1, 65_536),
     "chunk_tokens": (16, 1_000_000),
     "chunk_overlap": (0, 1_000_000),
-    "summary_input_tokens": (256, 100_000_000),
+    "summary_input_tokens": (256, 10_000_000_000),
     "part_rows": (1, 10_000_000),
     "part_bytes": (1, 10_000_000_000),
 }

@@ -115,7 +115,7 @@ def test_a_bad_value_fails_the_plan_at_once(dagbag, tmp_path, small_corpus) -> N
     conf = {"source": small_corpus, "output": str(tmp_path / "o"), "backend": "hash", "shards": 0}
     tis, messages = _plan_failure(dagbag, conf)
     assert tis[("plan", -1)] == ("failed", 1)  # no retry although plan has retries=2
-    assert messages == ["ConfigError: shards: must be at least 1, got 0"]
+    assert messages == ["ConfigError: shards: must be an integer from 1 to 100000, got 0"]
     assert not (tmp_path / "o").exists()
 
 

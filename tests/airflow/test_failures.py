@@ -25,7 +25,7 @@ from tests.conftest import write_corpus
 from tests.oci_fixtures import make_oci_config, wrong_key_config
 
 COMPARTMENT = "ocid1.compartment.oc1..test"
-N_DOCS = 24
+N_DOCS = 480  # five requests of 96 inputs: a fault can hit some and spare others
 
 
 @pytest.fixture(scope="module")

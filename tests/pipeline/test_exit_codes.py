@@ -133,7 +133,7 @@ def test_sigterm_stops_promptly_and_a_rerun_completes(tmp_path) -> None:
     src = _corpus(tmp_path / "d.parquet", n, words=20)
     out = tmp_path / "out"
     cmd = [CLI, "run", "--source", src, "--output", str(out), "--backend", "hash"]
-    cmd += ["--batch-docs", "25", "--no-progress", "--run-id", "r"]
+    cmd += ["--batch-docs", "25", "--part-rows", "100", "--no-progress", "--run-id", "r"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     planned = proc.stderr.readline()  # "run r: 1 shard(s), about 3000 documents"

@@ -118,8 +118,8 @@ def test_read_ahead_stays_within_the_window(tmp_path, monkeypatch) -> None:
     read = {"docs": 0}
     real = pipeline.shard.read.read_units
 
-    def counting_reader(units, options):  # type: ignore[no-untyped-def]
-        for batch in real(units, options):
+    def counting_reader(units, options, **kw):  # type: ignore[no-untyped-def]
+        for batch in real(units, options, **kw):
             read["docs"] += len(batch.documents)
             yield batch
 

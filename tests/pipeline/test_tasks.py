@@ -70,7 +70,7 @@ def test_job_config_from_json_rejects_unknown_keys_and_bad_values() -> None:
     data = JobConfig(source="a", output="b").to_json()
     with pytest.raises(ConfigError, match=r"unknown setting.*colour"):
         JobConfig.from_json({**data, "colour": "red"})
-    with pytest.raises(ConfigError, match="shards: must be at least 1, got 0"):
+    with pytest.raises(ConfigError, match="shards: must be an integer from 1 to 100000, got 0"):
         JobConfig.from_json({**data, "shards": 0})
     with pytest.raises(ConfigError, match="not valid JSON"):
         JobConfig.from_json("{not json")
@@ -138,7 +138,7 @@ def test_a_bad_conf_value_raises_jobconfigs_message(tmp_path, small_corpus) -> N
     conf = {"source": small_corpus, "output": str(tmp_path / "o"), "shards": 0}
     with pytest.raises(ConfigError) as err:
         tasks.plan_job(conf)
-    assert "shards: must be at least 1, got 0" in str(err.value)
+    assert "shards: must be an integer from 1 to 100000, got 0" in str(err.value)
     assert tasks.is_permanent(err.value)
     assert not (tmp_path / "o").exists()
 
@@ -184,7 +184,9 @@ def emulator(tmp_path) -> Iterator[tuple[Emulator, str]]:
 
 def test_pending_documents_fail_the_shard_and_a_retry_resumes(tmp_path, emulator) -> None:
     emu, config_path = emulator
-    rows = [{"doc_id": f"d{i:02d}", "text": f"Document {i} about lakes."} for i in range(24)]
+    # requests are packed 96 inputs full: enough documents for five requests
+    n = 480
+    rows = [{"doc_id": f"d{i:03d}", "text": f"Document {i} about lakes."} for i in range(n)]
     source = write_corpus(str(tmp_path / "docs.parquet"), rows)
     conf = {
         "source": source,
@@ -206,20 +208,20 @@ def test_pending_documents_fail_the_shard_and_a_retry_resumes(tmp_path, emulator
     with pytest.raises(tasks.ShardIncompleteError) as err:
         tasks.run_shard_task(planned["config"], spec)
     pending = err.value.pending
-    assert 0 < pending < 24
-    assert emu.stats()["inputs_embedded"] == 24 - pending
+    assert 0 < pending < n
+    assert emu.stats()["inputs_embedded"] == n - pending
     assert not tasks.is_permanent(err.value)
     # the service is back: the retry resumes and sends only the pending documents
     emu.configure(fault_rate=0.0)
     emu.reset()
     retried = tasks.run_shard_task(planned["config"], spec)
     assert retried["documents_completed"] == pending
-    assert retried["documents_skipped"] == 24 - pending
+    assert retried["documents_skipped"] == n - pending
     assert emu.stats()["inputs_embedded"] == pending
     # and one more try (a cleared task) sends nothing
     emu.reset()
     again = tasks.run_shard_task(planned["config"], spec)
-    assert again["documents_skipped"] == 24
+    assert again["documents_skipped"] == n
     assert emu.stats()["inputs_embedded"] == 0
 
 
