@@ -10,6 +10,7 @@ dead-letter rows are read from at most ``max_failure_files`` Parquet files, thre
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from typing import Any
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_DIRS = ("embeddings", "summaries", "failures")
 TOP_CODES = 5
-CHART_POINTS = 60
+CHART_POINTS = 40
 
 
 def _read(store: OutputStore, rel: str) -> Any:
@@ -49,22 +50,34 @@ def _json_files(store: OutputStore, rel_dir: str) -> dict[str, Any]:
     return out
 
 
-def known_runs(output_uri: str) -> list[str]:
-    """Run ids that left state in this output (planned, in progress or reported), newest
-    plan first where the filesystem gives modification times."""
-    store = OutputStore(output_uri)
+def _run_times(store: OutputStore) -> dict[str, float]:
     ids: set[str] = set()
     for folder in ("_state/runs", "_state/reports", "_state/progress"):
         ids.update(store.list_dirs(folder))
-
-    def mtime(run_id: str) -> float:
-        for rel in (f"_state/runs/{run_id}", f"_state/reports/{run_id}"):
-            info = store.fs.get_file_info(store.path(rel))
+    times = {}
+    for run_id in ids:
+        times[run_id] = 0.0
+        for folder in ("_state/runs", "_state/reports", "_state/progress"):
+            info = store.fs.get_file_info(store.path(f"{folder}/{run_id}"))
             if info.mtime is not None:
-                return info.mtime.timestamp()
-        return 0.0
+                times[run_id] = info.mtime.timestamp()
+                break
+    return times
 
-    return sorted(ids, key=lambda r: (mtime(r), r), reverse=True)
+
+def known_runs(output_uri: str) -> list[str]:
+    """Run ids that left state in this output (planned, in progress or reported), newest
+    first where the filesystem gives modification times (object stores may not)."""
+    times = _run_times(OutputStore(output_uri))
+    return sorted(times, key=lambda r: (times[r], r), reverse=True)
+
+
+def newest_run(output_uri: str, *, since: float | None = None) -> str | None:
+    """The newest run of this output whose state appeared at or after ``since`` (seconds
+    since the epoch): how a DAG run whose plan task left no run id finds its own run."""
+    times = _run_times(OutputStore(output_uri))
+    fresh = [r for r, t in times.items() if since is None or t >= since]
+    return max(fresh, key=lambda r: (times[r], r)) if fresh else None
 
 
 def _shard_row(
@@ -114,13 +127,19 @@ def _shard_row(
 
 
 def _cumulative_at(samples: list[list[float]], t: float) -> tuple[float, float]:
-    """(docs, chunks) of one shard at time ``t``: its last sample at or before ``t``."""
-    docs = chunks = 0.0
-    for s in samples:
-        if s[0] > t:
-            break
-        docs, chunks = s[1], s[2]
-    return docs, chunks
+    """(docs, chunks) of one shard at time ``t``, linear between its samples (a batch's
+    documents are spread over the time it took), flat before the first and after the last."""
+    if t <= samples[0][0]:
+        return samples[0][1], samples[0][2]
+    for before, after in itertools.pairwise(samples):
+        if t <= after[0]:
+            span = after[0] - before[0]
+            f = (t - before[0]) / span if span > 0 else 1.0
+            return (
+                before[1] + f * (after[1] - before[1]),
+                before[2] + f * (after[2] - before[2]),
+            )
+    return samples[-1][1], samples[-1][2]
 
 
 def throughput(progress: list[dict[str, Any]], points: int = CHART_POINTS) -> dict[str, Any]:
@@ -136,7 +155,6 @@ def throughput(progress: list[dict[str, Any]], points: int = CHART_POINTS) -> di
         return {"start": None, "end": None, "points": [], "docs": 0, "chunks": 0}
     start = min(s[0][0] for s in series)
     end = max(s[-1][0] for s in series)
-    # no finer than the samples themselves: an interval without a sample reads as a stall
     n = max(1, min(points, len({x[0] for s in series for x in s}) - 1))
     step = (end - start) / n if end > start else 0.0
     out = []
@@ -154,7 +172,13 @@ def throughput(progress: list[dict[str, Any]], points: int = CHART_POINTS) -> di
             }
         )
         prev = (docs, chunks)
-    return {"start": start, "end": end, "points": out, "docs": prev[0], "chunks": prev[1]}
+    return {
+        "start": start,
+        "end": end,
+        "points": out,
+        "docs": round(prev[0]),
+        "chunks": round(prev[1]),
+    }
 
 
 def dead_letter_codes(
@@ -295,4 +319,4 @@ def run_view(
     }
 
 
-__all__ = ["dead_letter_codes", "known_runs", "run_view", "throughput"]
+__all__ = ["dead_letter_codes", "known_runs", "newest_run", "run_view", "throughput"]
