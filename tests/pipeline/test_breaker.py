@@ -70,7 +70,9 @@ def test_consistent_wrong_dimension_trips_with_the_setting_to_change() -> None:
     b.failed("embed", _wrong())
     with pytest.raises(ConfigError) as info:
         b.failed("embed", _wrong())
-    assert str(info.value).startswith("the endpoint returns 1024-d vectors; the job expects 1536")
+    assert str(info.value).startswith(
+        "the endpoint returns 1024-d vectors; the job expects 1536"
+    )
     assert str(info.value).endswith("set --output-dimensions 1024")
     # every later request stops with the same error, before it is sent
     with pytest.raises(ConfigError):

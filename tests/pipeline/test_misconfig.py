@@ -82,9 +82,9 @@ def _rerun_does_everything_once(
     emulator, _ = emu
     emulator.reset()
     report = run(_config(tmp_path, emu, summaries=summaries, **kw)).report
-    assert (
-        report["counts"]["documents_completed"] + report["counts"].get("documents_skipped", 0) == n
-    )
+    assert report["counts"]["documents_completed"] + report["counts"].get(
+        "documents_skipped", 0
+    ) == n
     want = {f"d{i:04d}" for i in range(n)}
     embedded = Counter(r["doc_id"] for r in _table(tmp_path, "embeddings"))
     assert set(embedded) == want and set(embedded.values()) == {1}
