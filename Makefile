@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced-bytecode
 DEMO_CORPUS := out/demo-corpus/stdlib-docs.parquet
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean chromium
 
 setup: $(STAMP)
 
@@ -35,8 +35,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy pipeline
 
-test: $(STAMP) lint
+test: $(STAMP) lint chromium
 	$(BIN)/pytest
+
+# The runs page test renders the page in headless Chromium: Debian's package, installed
+# when missing (apt-get update only if the first try fails); no Chromium fails the target.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq chromium \
+	  || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } \
+	  || { echo "make chromium: cannot install Debian's chromium" >&2; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_local.py

@@ -22,7 +22,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +40,7 @@ from pipeline.runview import run_view
 from pipeline.sinks import OutputStore
 from tests.airflow.cdp import INSTALL_HINT, chromium, chromium_binary, open_page
 from tests.oci_fixtures import running_emulator
+from tests.throttling import throttled_at_first
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins"
@@ -114,19 +114,6 @@ def make_output(tmp: Path) -> tuple[str, list[dict[str, Any]]]:
     with running_emulator(
         tmp / "oci", fault_rate=0.04, seed=5, retry_after=0.05, latency_ms=15
     ) as (emu, oci_config):
-        # one request a minute until the emulator has refused three: the first shard
-        # meets 429s (and retries them), however slow this machine is
-        emu.configure(rpm=1)
-        stop = threading.Event()
-
-        def lift() -> None:
-            while not stop.wait(0.02):
-                if emu.stats()["throttled"] >= 3:
-                    emu.configure(rpm=None)
-                    return
-
-        lifter = threading.Thread(target=lift, daemon=True)
-        lifter.start()
         config = JobConfig(
             source=str(src),
             output=out,
@@ -147,14 +134,14 @@ def make_output(tmp: Path) -> tuple[str, list[dict[str, Any]]]:
         store = OutputStore(out)
         store.write_json(f"_state/runs/{PIPELINE_RUN}/plan.json", {"shards": specs})
         reports = []
-        for spec in specs:
-            with ProgressFile(
-                store, PIPELINE_RUN, spec["shard_id"], est_docs=spec["est_docs"], every_s=0.5
-            ) as progress:
-                reports.append(runner.run_shard(spec, config, on_progress=progress))
+        # the first shard meets 429s (and retries them)
+        with throttled_at_first(emu, 3):
+            for spec in specs:
+                with ProgressFile(
+                    store, PIPELINE_RUN, spec["shard_id"], est_docs=spec["est_docs"], every_s=0.5
+                ) as progress:
+                    reports.append(runner.run_shard(spec, config, on_progress=progress))
         runner.commit(config, reports)
-        stop.set()
-        lifter.join()
     return out, reports
 
 

@@ -21,6 +21,7 @@ from pipeline.runview import known_runs, run_view, throughput
 from pipeline.sinks import OutputStore
 from tests.conftest import CLI
 from tests.oci_fixtures import running_emulator
+from tests.throttling import throttled_at_first
 
 
 class Clock:
@@ -164,7 +165,7 @@ def test_run_view_follows_shards_run_with_progress_files(tmp_path) -> None:
     src = _write_source(tmp_path / "src", texts)
     out = tmp_path / "out"
     with running_emulator(
-        tmp_path / "oci", fault_rate=0.25, seed=3, reject_substring="POISON", rpm=3000, burst_s=0.05
+        tmp_path / "oci", fault_rate=0.1, seed=3, reject_substring="POISON", retry_after=0.05
     ) as (emu, oci_config):
         config = JobConfig(
             source=src,
@@ -189,9 +190,12 @@ def test_run_view_follows_shards_run_with_progress_files(tmp_path) -> None:
         assert run_view(str(out), "run-a")["state"] == "planned"
 
         first = specs[0]
-        with ProgressFile(
-            store, "run-a", first["shard_id"], est_docs=first["est_docs"], every_s=0
-        ) as p:
+        with (
+            throttled_at_first(emu, 2),
+            ProgressFile(
+                store, "run-a", first["shard_id"], est_docs=first["est_docs"], every_s=0
+            ) as p,
+        ):
             rep0 = runner.run_shard(first, config, on_progress=p)
         mid = run_view(str(out), "run-a", price_per_million_chars=2.0)
         assert mid["state"] == "running"
