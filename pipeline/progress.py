@@ -143,4 +143,15 @@ class ProgressFile:
         self.close("done" if exc_type is None else "failed")
 
 
-__all__ = ["ProgressFile", "progress_dir", "progress_path", "thin"]
+def tee(*callbacks: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """One ``on_progress`` that calls each of ``callbacks`` in turn (e.g. a log line and a
+    progress file)."""
+
+    def call(docs: int, chunks: int) -> None:
+        for callback in callbacks:
+            callback(docs, chunks)
+
+    return call
+
+
+__all__ = ["ProgressFile", "progress_dir", "progress_path", "tee", "thin"]
