@@ -5,7 +5,7 @@ It lists recent DAG runs of ``oci_genai_backfill`` and ``oci_genai_nightly`` (ne
 from Airflow's metadata database) with what their output says about them
 (``pipeline.runview.run_view``): per-shard progress, throughput over time, retries and 429s,
 dead letters with the top error codes, estimated cost, where the outputs are, and a link to
-the DAG run in the Airflow UI.
+the DAG run in the Airflow UI. The page reloads itself every 30 s (a meta refresh).
 
 Authentication: Airflow does not guard a plugin's FastAPI app, so every route depends on
 Airflow's own ``get_user`` (the ``_token`` cookie of a UI session, or an

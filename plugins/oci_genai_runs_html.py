@@ -191,11 +191,16 @@ def card(run: RunCard) -> str:
     )
 
 
-def page(runs: list[RunCard], *, title: str = "OCI GenAI runs", note: str = "") -> str:
+def page(
+    runs: list[RunCard], *, title: str = "OCI GenAI runs", note: str = "", refresh_s: int = 30
+) -> str:
+    """The whole page; it reloads itself every ``refresh_s`` seconds (0: never), without
+    script, so that a running backfill can be watched."""
     body = "".join(card(r) for r in runs) or '<p class="empty">No runs of the pipeline DAGs.</p>'
     intro = f'<p class="meta">{_e(note)}</p>' if note else ""
+    refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}">' if refresh_s > 0 else ""
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{refresh}'
         f"<title>{_e(title)}</title><style>{CSS}</style></head>"
         f"<body><h1>{_e(title)}</h1>{intro}{body}</body></html>"
     )

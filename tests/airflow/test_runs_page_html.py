@@ -29,6 +29,8 @@ def test_values_are_escaped() -> None:
     html = page([hostile])
     assert "<script>" not in html and "<img" not in html and "<b>out" not in html
     assert "&lt;script&gt;" in html and "&lt;img src=x&gt;" in html
+    assert '<meta http-equiv="refresh" content="30">' in html
+    assert "refresh" not in page([hostile], refresh_s=0)
 
 
 def test_chart_draws_both_rates_from_the_samples() -> None:
