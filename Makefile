@@ -35,21 +35,21 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy pipeline
 
-test: $(STAMP) lint
+test: $(STAMP) lint test-tools
 	$(BIN)/pytest
 
-# tests/deploy validates docker-compose.yaml with Debian's docker-compose (v1.29): installed
-# here when missing and we are root; otherwise that test fails and says how to install it.
-.PHONY: tools-deploy
-tools-deploy:
-	@command -v docker-compose >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 || \
-	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose; } || \
-	    echo "tools-deploy: could not install docker-compose" >&2; \
-	  else echo "tools-deploy: docker-compose is missing (as root: apt-get install -y docker-compose)" >&2; fi; }
-
-test: tools-deploy
+# Test tools from Debian, installed when missing (apt-get update only if the first try
+# fails): docker-compose validates docker-compose.yaml (tests/deploy), headless chromium
+# renders the runs page (tests/airflow). Without them those tests fail and say why.
+TEST_TOOLS := docker-compose chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.PHONY: test-tools
+test-tools:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+	  || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } \
+	  || { echo "make test-tools: cannot install$$missing from Debian" >&2; exit 1; }; fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_local.py

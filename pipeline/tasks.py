@@ -35,6 +35,7 @@ from pipeline.errors import (
     PipelineError,
     SourceError,
 )
+from pipeline.progress import ProgressFile, tee
 from pipeline.sinks import OutputStore
 
 log = logging.getLogger(__name__)
@@ -230,10 +231,16 @@ def run_shard_task(
     its retry resumes; the shard's report is in the output either way."""
     config = _config(config_json, overrides)
     spec = load_spec(config, shard_ref)
-    with ProgressLog(
-        spec["shard_id"], spec.get("est_docs", 0), every=progress_every, emit=emit
-    ) as progress:
-        report = runner.run_shard(spec, config, on_progress=progress)
+    with (
+        ProgressLog(
+            spec["shard_id"], spec.get("est_docs", 0), every=progress_every, emit=emit
+        ) as progress,
+        # the runs page reads this file while the shard works
+        ProgressFile(
+            config.output, config.run_id, spec["shard_id"], est_docs=spec.get("est_docs", 0)
+        ) as progress_file,
+    ):
+        report = runner.run_shard(spec, config, on_progress=tee(progress, progress_file))
     counts = report.get("counts", {})
     calls = report.get("calls", {})
     out = {

@@ -351,7 +351,8 @@ def test_summary_input_tokens_setting_and_emulator_flag(
     src = write_corpus(str(tmp_path / "docs.parquet"), [{"doc_id": "a", "text": "Some words."}])
     argv = ["run", "--source", src, "--output", str(tmp_path / "out"), "--backend", "hash"]
     assert cli.main([*argv, "--summary-input-tokens", "100"]) == 2
-    assert "summary_input_tokens: must be an integer from 256 to 10000000000, got 100" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "summary_input_tokens: must be an integer from 256 to 10000000000, got 100" in err
     assert not (tmp_path / "out" / "summaries").exists()
     # a valid budget reaches the backend (and so the summarize stage)
     config = JobConfig(source=src, output="-", backend="hash", summary_input_tokens=4096)
