@@ -22,7 +22,7 @@ setup: $(STAMP)
 # sources are compiled in place (the __pycache__ dirs are ignored by git).
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
-	$(BIN)/python -m compileall -q pipeline
+	$(BIN)/python -m compileall -q pipeline oci_genai_provider dags plugins
 	touch $(STAMP)
 
 $(DEMO_CORPUS): | $(STAMP)

@@ -43,10 +43,11 @@ class Document:
     uri: str | None = None
     updated_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: of the normalized text; computed once here, since every stage asks for it
+    content_hash: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def content_hash(self) -> str:
-        return content_hash(self.text)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "content_hash", content_hash(self.text))
 
 
 @dataclass(frozen=True, slots=True)
