@@ -10,9 +10,10 @@ behind the default ``oci_genai`` connection. One corpus of ``--docs`` single-chu
 documents in ``--shards`` Parquet files. The backfill is triggered through the REST API
 with one worker running, then, with a second worker started, again into a fresh output.
 Documents/s = documents / (the DAG run's end - start, as Airflow records them: plan,
-shards and commit). The pool has a slot per shard, so only the workers' concurrency
-limits how many shards run at once. Prints a table; ``--save`` writes it to
-``bench/results/bench_celery.txt``.
+shards and commit). The pool has a slot per shard, so only the workers' concurrency limits
+how many shards run at once. "load avg" is the 1-minute load average (the higher of before
+and after): the machine is shared, and on 2 cores the workers contend for CPU. Prints a
+table; ``--save`` writes it to ``bench/results/bench_celery.txt``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def _epoch(iso: str) -> float:
 
 def measure(stack: Any, conf: dict[str, Any], docs: int) -> dict[str, Any]:
     httpx.post(f"{stack.emulator_url}/_emulator/reset")
+    load = os.getloadavg()[0]  # the machine is shared: say how busy it was
     run_id = stack.trigger(DAG, conf)
     state = stack.wait_run(DAG, run_id, 3600)
     if state != "success":
@@ -85,6 +87,7 @@ def measure(stack: Any, conf: dict[str, Any], docs: int) -> dict[str, Any]:
         "shard_mean_s": sum(t["duration"] for t in shards) / len(shards),
         "requests": stats.get("actions", {}).get("embedText", stats.get("requests")),
         "by_worker": by_worker,
+        "load": max(load, os.getloadavg()[0]),
     }
 
 
@@ -139,14 +142,14 @@ def main() -> None:
         f"processes per worker, pool {args.shards} slots; {os.cpu_count()} cores",
         "",
         "| workers | run seconds | documents/s | vs 1 worker | shard phase s | mean shard s "
-        "| shards per worker | embed requests |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shards per worker | embed requests | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for workers, r in rows:
         lines.append(
             f"| {workers} | {r['seconds']:.1f} | {r['docs_per_s']:.0f} | "
             f"{r['docs_per_s'] / one:.2f}x | {r['shard_phase_s']:.1f} | "
-            f"{r['shard_mean_s']:.1f} | {r['by_worker']} | {r['requests']} |"
+            f"{r['shard_mean_s']:.1f} | {r['by_worker']} | {r['requests']} | {r['load']:.1f} |"
         )
     text = "\n".join(lines)
     print(text)
