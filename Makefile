@@ -58,6 +58,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_client_cpu.py
 	$(BIN)/python bench/bench_throughput.py
 	$(BIN)/python bench/bench_cpu.py
+	$(BIN)/python bench/bench_pipe.py
+	$(BIN)/python bench/bench_celery.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
