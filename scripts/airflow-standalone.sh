@@ -52,7 +52,8 @@ start() {
     cd "$ROOT"  # tasks resolve relative paths (out/demo, the demo corpus) from here
     # no job control in a script: the background child is not a group leader, so setsid
     # makes it a session (and group) leader without forking: $! is the group's ID
-    AIRFLOW_HOME=$HOME_DIR setsid "$BIN/airflow" standalone >"$LOG" 2>&1 </dev/null &
+    # standalone starts its components as `airflow ...` from PATH
+    PATH=$BIN:$PATH AIRFLOW_HOME=$HOME_DIR setsid "$BIN/airflow" standalone >"$LOG" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$PIDFILE"
     echo "starting Airflow standalone (process group $pid, home $HOME_DIR, port $PORT)"

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
+import pytest
 
+from tests.airflow.helpers import write_parts
 from tests.conftest import write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +158,7 @@ def _api(port: int, path: str, token: str | None = None, body: Any = None) -> An
     if body is not None:
         req.data = json.dumps(body).encode()
         req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=30) as resp:  # a loaded 2-core box is slow
         return json.loads(resp.read())
 
 
@@ -171,7 +173,7 @@ def _wait(what: str, check: Any, seconds: float) -> Any:
 
 
 def test_make_airflow_serves_the_dags_and_stop_ends_its_processes(tmp_path, stdlib_docs):
-    corpus = write_corpus(str(tmp_path / "docs.parquet"), stdlib_docs[:8])
+    corpus = write_parts(tmp_path / "docs", stdlib_docs[:8], parts=2)  # two shards
     home, out = tmp_path / "airflow-home", tmp_path / "out"
     port = _free_port()
     variables = [
@@ -231,8 +233,8 @@ def test_make_airflow_serves_the_dags_and_stop_ends_its_processes(tmp_path, stdl
         assert "stopped" in stopped.stdout
         assert not _group_alive(pgid)
         assert not (home / "standalone.pid").exists()
-        with socket.socket() as s:  # the API's port is free again
-            s.bind(("127.0.0.1", port))
+        with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+            s.connect(("127.0.0.1", port))  # nothing listens on the API's port any more
 
         again = _make("airflow-stop", *variables, timeout=60)
         assert again.returncode == 0
