@@ -74,6 +74,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_client_cpu.py
 	$(BIN)/python bench/bench_throughput.py
 	$(BIN)/python bench/bench_cpu.py
+	$(BIN)/python bench/bench_airflow_demo.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
