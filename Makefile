@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced-bytecode
 DEMO_CORPUS := out/demo-corpus/stdlib-docs.parquet
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean airflow-home airflow airflow-stop
 
 setup: $(STAMP)
 
@@ -28,8 +28,37 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 $(DEMO_CORPUS): | $(STAMP)
 	$(BIN)/python -m pipeline.demo $(DEMO_CORPUS)
 
-demo: $(STAMP) $(DEMO_CORPUS)
-	$(BIN)/oci-genai-batch run --source $(DEMO_CORPUS) --output out/demo --backend local --batch-docs 64
+# --- Airflow: the main job is the DAG oci_genai_backfill. One project-local home, .airflow/
+# on SQLite, for demo / airflow / airflow-stop: scripts/airflow_home.py writes this
+# project's settings into .airflow/airflow.cfg (dags/ and plugins/ folders, no examples, the
+# API on 127.0.0.1:$(AIRFLOW_PORT), ...) and adds the pool and the default connection, so a
+# plain `AIRFLOW_HOME=.airflow .venv/bin/airflow dags trigger|list-runs ...` from here works.
+AIRFLOW_HOME_DIR ?= $(CURDIR)/.airflow
+AIRFLOW_PORT ?= 8080
+AIRFLOW_LOG_PORT ?= 8793
+AIRFLOW := AIRFLOW_HOME=$(AIRFLOW_HOME_DIR) $(BIN)/airflow
+AIRFLOW_ENV := AIRFLOW_HOME=$(AIRFLOW_HOME_DIR) AIRFLOW_PORT=$(AIRFLOW_PORT) BIN=$(CURDIR)/$(BIN)
+# another corpus, output or backend: make demo DEMO_CORPUS=... DEMO_OUT=... DEMO_BACKEND=hash
+DEMO_OUT ?= out/demo
+DEMO_BACKEND ?= local
+DEMO_SHARDS ?= 4
+
+airflow-home: $(STAMP)
+	$(AIRFLOW_ENV) $(BIN)/python scripts/airflow_home.py --port $(AIRFLOW_PORT) --log-port $(AIRFLOW_LOG_PORT)
+
+# the DAG end to end in one process (`airflow dags test`; exits non-zero when the run
+# fails), then the summary table from the run's report.json
+demo: $(STAMP) $(DEMO_CORPUS) airflow-home
+	$(AIRFLOW) dags test oci_genai_backfill -c '{"source": "$(abspath $(DEMO_CORPUS))", "output": "$(abspath $(DEMO_OUT))", "backend": "$(DEMO_BACKEND)", "shards": $(DEMO_SHARDS)}'
+	$(BIN)/python -m pipeline.report_table $(DEMO_OUT)
+
+# airflow standalone in the background (UI http://127.0.0.1:$(AIRFLOW_PORT)); prints the login
+airflow: airflow-home
+	$(AIRFLOW_ENV) scripts/airflow-standalone.sh start
+
+# stops exactly the process group `make airflow` started (.airflow/standalone.pid)
+airflow-stop:
+	$(AIRFLOW_ENV) scripts/airflow-standalone.sh stop
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -60,6 +89,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_cpu.py
 	$(BIN)/python bench/bench_pipe.py
 	$(BIN)/python bench/bench_celery.py
+	$(BIN)/python bench/bench_airflow_demo.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
