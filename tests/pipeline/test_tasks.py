@@ -150,6 +150,14 @@ def test_a_missing_source_is_a_permanent_error(tmp_path) -> None:
     assert tasks.is_permanent(err.value)
 
 
+def test_an_unwritable_output_fails_the_plan(tmp_path, small_corpus) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")  # fails for root too, unlike a chmod
+    with pytest.raises(StorageError) as err:
+        tasks.plan_job({"source": small_corpus, "output": str(blocker / "out")})
+    assert str(blocker / "out") in str(err.value)
+
+
 def test_dry_run_previews_and_plans_nothing(tmp_path, small_corpus) -> None:
     out = tmp_path / "o"
     planned = tasks.plan_job({"source": small_corpus, "output": str(out), "dry_run": True})
