@@ -43,10 +43,11 @@ DAG = "oci_genai_backfill"
 WORKERS = ("w1", "w2")
 SHARDS = 6
 COMPARTMENT = "ocid1.compartment.oc1..deploytest"
-# A shard of ~71 documents commits every 12 documents (batch_docs), one request at a time
-# against the emulator's latency: several seconds per shard, so a kill lands mid-shard.
+# A shard of ~71 documents (~110 chunks: two requests, packed 96 inputs full) commits a part
+# every 12 chunk rows as its documents settle, one request at a time against the emulator's
+# latency; in the kill run each request takes 3 s, so a kill lands between a shard's parts.
 LATENCY_MS = 250
-KILL_LATENCY_MS = 700
+KILL_LATENCY_MS = 3000
 # The scheduler fails a task whose supervisor stopped heartbeating after this many seconds;
 # the task SDK heartbeats every 5 s, so it must stay well above that under load.
 HEARTBEAT_TIMEOUT_S = 20
@@ -61,6 +62,7 @@ def _conf(corpus: str, output: Path) -> dict[str, Any]:
         "summaries": False,
         "max_in_flight": 1,
         "batch_docs": 12,
+        "part_rows": 12,
     }
 
 
