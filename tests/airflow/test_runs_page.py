@@ -1,7 +1,8 @@
 """The OCI GenAI runs page (plugins/oci_genai_runs.py) served by a real ``airflow
 api-server`` (private AIRFLOW_HOME, SQLite, loopback, SimpleAuthManager with a password),
-checked over HTTP with and without a token, and rendered in headless Chromium; the
-screenshot is kept as ``docs/runs-page.png``.
+checked over HTTP with and without a token, and rendered in headless Chromium (the
+screenshot stays in the test's temporary directory: ``docs/runs-page.png`` shows a real run
+and is made by ``scripts/screenshots.py``).
 
 Set-up, in order: a pipeline output made the way the DAG's tasks make it (plan.json, then
 each shard through ``runner.run_shard`` with a ``ProgressFile``, then the commit) against
@@ -44,7 +45,6 @@ from tests.throttling import throttled_at_first
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins"
-SCREENSHOT = ROOT / "docs" / "runs-page.png"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 PIPELINE_RUN = "bf-20261126-r1"
 PRICE = 0.5
@@ -360,8 +360,7 @@ def test_the_page_renders_in_headless_chromium(server, tmp_path) -> None:
                 "bars": await page.text("document.querySelectorAll('.bar i').length"),
                 "link": await page.text("document.querySelector('h2 a').getAttribute('href')"),
             }
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            shot = await page.screenshot(str(SCREENSHOT))
+            shot = await page.screenshot(str(tmp_path / "runs-page.png"))
             return {"refused": refused, "refused_text": refused_text, "shot": shot, **found}
 
     with chromium(str(tmp_path / "profile")) as port:
