@@ -52,8 +52,9 @@ demo: $(STAMP) $(DEMO_CORPUS) airflow-home
 	$(AIRFLOW) dags test oci_genai_backfill -c '{"source": "$(abspath $(DEMO_CORPUS))", "output": "$(abspath $(DEMO_OUT))", "backend": "$(DEMO_BACKEND)", "shards": $(DEMO_SHARDS)}'
 	$(BIN)/python -m pipeline.report_table $(DEMO_OUT)
 
-# airflow standalone in the background (UI http://127.0.0.1:$(AIRFLOW_PORT)); prints the login
-airflow: airflow-home
+# airflow standalone in the background (UI http://127.0.0.1:$(AIRFLOW_PORT)); prints the login.
+# The demo corpus is the default source of the oci_genai_backfill form and of the nightly DAG.
+airflow: airflow-home $(DEMO_CORPUS)
 	$(AIRFLOW_ENV) scripts/airflow-standalone.sh start
 
 # stops exactly the process group `make airflow` started (.airflow/standalone.pid)

@@ -24,7 +24,7 @@ import aiohttp
 
 INSTALL_HINT = (
     "Chromium is not installed: the runs page test renders the page in headless Chromium."
-    " Install Debian's package with `make chromium` (apt-get install -y chromium)."
+    " Install Debian's package with `make test-tools` (apt-get install -y chromium)."
 )
 
 

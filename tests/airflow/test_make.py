@@ -182,6 +182,7 @@ def test_make_airflow_serves_the_dags_and_stop_ends_its_processes(tmp_path, stdl
         f"AIRFLOW_HOME_DIR={home}",
         f"AIRFLOW_PORT={port}",
         f"AIRFLOW_LOG_PORT={_free_port_pair()}",
+        f"DEMO_CORPUS={corpus}",  # exists: make builds no demo corpus in the repository
     ]
     pgid = None
     try:
