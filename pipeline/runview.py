@@ -72,14 +72,6 @@ def known_runs(output_uri: str) -> list[str]:
     return sorted(times, key=lambda r: (times[r], r), reverse=True)
 
 
-def newest_run(output_uri: str, *, since: float | None = None) -> str | None:
-    """The newest run of this output whose state appeared at or after ``since`` (seconds
-    since the epoch): how a DAG run whose plan task left no run id finds its own run."""
-    times = _run_times(OutputStore(output_uri))
-    fresh = [r for r, t in times.items() if since is None or t >= since]
-    return max(fresh, key=lambda r: (times[r], r)) if fresh else None
-
-
 def _shard_row(
     shard_id: str,
     spec: dict[str, Any] | None,
@@ -319,4 +311,4 @@ def run_view(
     }
 
 
-__all__ = ["dead_letter_codes", "known_runs", "newest_run", "run_view", "throughput"]
+__all__ = ["dead_letter_codes", "known_runs", "run_view", "throughput"]

@@ -41,7 +41,7 @@ from fastapi.responses import HTMLResponse
 from oci_genai_runs_html import RunCard, page
 from sqlalchemy import select
 
-from pipeline.runview import newest_run, run_view
+from pipeline.runview import run_view
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,15 @@ def run_card(session: Any, dr: DagRun) -> RunCard:
         card.note = "Its output is not known yet (the plan task has not run)."
         return card
     where = _resolve(str(output))
+    if card.run_id is None:
+        # only the plan task's XCom names the run: a guess from the output could show another
+        # DAG run's shards (a failed plan leaves none, and a later run may use the output)
+        card.note = (
+            "No pipeline run for this DAG run: its plan task has not run yet, or it failed"
+            " (see the DAG run)."
+        )
+        return card
     try:
-        if card.run_id is None and dr.start_date is not None:
-            card.run_id = newest_run(where, since=dr.start_date.timestamp())
-        if card.run_id is None:
-            card.note = "No pipeline run in this output yet (the plan task has not run)."
-            return card
         card.view = run_view(where, card.run_id, price_per_million_chars=price)
     except Exception as exc:  # one unreadable output must not take the page down
         log.warning("run view of %s (%s): %s", dr.run_id, where, exc)

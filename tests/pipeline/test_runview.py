@@ -6,9 +6,7 @@ emulator with faults, throttling and a rejected document."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pyarrow.parquet as pq
 from pipeline import runner
 from pipeline.config import JobConfig
 from pipeline.progress import ProgressFile, progress_path, tee, thin
-from pipeline.runview import known_runs, newest_run, run_view, throughput
+from pipeline.runview import known_runs, run_view, throughput
 from pipeline.sinks import OutputStore
 from tests.conftest import CLI
 from tests.oci_fixtures import running_emulator
@@ -233,19 +231,6 @@ def test_run_view_follows_shards_run_with_progress_files(tmp_path) -> None:
     assert chart["points"] and chart["docs"] == 48
     assert chart["chunks"] == sum(r["counts"]["chunks_embedded"] for r in reps)
     assert Counter(s["shard_id"] for s in view["shards"]) == Counter(s["shard_id"] for s in specs)
-
-
-def test_newest_run_finds_the_run_planned_after_a_time(tmp_path) -> None:
-    out = tmp_path / "out"
-    store = OutputStore(str(out))
-    store.write_json("_state/runs/old/plan.json", {"shards": []})
-    os.utime(out / "_state/runs/old", (1_000, 1_000))
-    assert newest_run(str(out)) == "old"
-    store.write_json("_state/runs/new/plan.json", {"shards": []})
-    assert newest_run(str(out), since=2_000) == "new"
-    assert newest_run(str(out), since=time.time() + 3600) is None
-    assert known_runs(str(out)) == ["new", "old"]
-    assert newest_run(str(tmp_path / "nothing-here")) is None
 
 
 def test_tee_feeds_every_callback(tmp_path) -> None:
