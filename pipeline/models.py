@@ -15,6 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.errors import GenAIError
+
 PIPELINE_VERSION = "0.1.0"
 
 
@@ -85,6 +87,34 @@ class Failure:
     oci_code: str | None = None
     opc_request_id: str | None = None
     attempts: int = 0
+
+    @classmethod
+    def of_error(
+        cls,
+        err: GenAIError,
+        *,
+        doc_id: str,
+        stage: str,
+        message: str,
+        attempts: int,
+        chunk_id: str | None = None,
+        chunk_index: int | None = None,
+    ) -> Failure:
+        """The dead-letter row of a model call's final error: its class, whether it is
+        permanent, HTTP status, OCI code and opc-request-id, and the tries made."""
+        return cls(
+            doc_id=doc_id,
+            stage=stage,
+            error_class=type(err).__name__,
+            message=message,
+            permanent=not err.retryable,
+            chunk_id=chunk_id,
+            chunk_index=chunk_index,
+            http_status=err.status,
+            oci_code=err.code,
+            opc_request_id=err.request_id,
+            attempts=attempts,
+        )
 
 
 @dataclass(slots=True)

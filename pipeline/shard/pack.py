@@ -49,18 +49,14 @@ class Dedup:
 
 
 def chunk_failure(c: Chunk, err: GenAIError, attempts: int) -> Failure:
-    return Failure(
+    return Failure.of_error(
+        err,
         doc_id=c.doc_id,
         stage="embed",
-        error_class=type(err).__name__,
         message=f"chunk {c.chunk_index} of {c.doc_id}: {err}",
-        permanent=not err.retryable,
+        attempts=attempts,
         chunk_id=c.chunk_id,
         chunk_index=c.chunk_index,
-        http_status=err.status,
-        oci_code=err.code,
-        opc_request_id=err.request_id,
-        attempts=attempts,
     )
 
 

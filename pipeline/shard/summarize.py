@@ -20,15 +20,11 @@ from pipeline.shard.work import DocWork
 
 def summary_failure(work: DocWork, err: GenAIError, attempts: int) -> Failure:
     d = work.doc
-    return Failure(
+    return Failure.of_error(
+        err,
         doc_id=d.doc_id,
         stage="summarize",
-        error_class=type(err).__name__,
         message=f"summary of {d.doc_id}: {err}",
-        permanent=not err.retryable,
-        http_status=err.status,
-        oci_code=err.code,
-        opc_request_id=err.request_id,
         attempts=attempts,
     )
 
