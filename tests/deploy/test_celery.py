@@ -43,11 +43,12 @@ DAG = "oci_genai_backfill"
 WORKERS = ("w1", "w2")
 SHARDS = 6
 COMPARTMENT = "ocid1.compartment.oc1..deploytest"
-# A shard of ~71 documents (~110 chunks: two requests, packed 96 inputs full) commits a part
-# every 12 chunk rows as its documents settle, one request at a time against the emulator's
-# latency; in the kill run each request takes 3 s, so a kill lands between a shard's parts.
+# A shard of ~71 documents cut into 256-byte chunks (~9 requests, packed 96 inputs full)
+# commits a part every 12 chunk rows as its documents settle, one request at a time against
+# the emulator's latency; in the kill run each request takes ~1 s, so a shard spends several
+# seconds with part of it committed, and a kill lands between its parts.
 LATENCY_MS = 250
-KILL_LATENCY_MS = 3000
+KILL_LATENCY_MS = 1000
 # The scheduler fails a task whose supervisor stopped heartbeating after this many seconds;
 # the task SDK heartbeats every 5 s, so it must stay well above that under load.
 HEARTBEAT_TIMEOUT_S = 20
@@ -63,6 +64,7 @@ def _conf(corpus: str, output: Path) -> dict[str, Any]:
         "max_in_flight": 1,
         "batch_docs": 12,
         "part_rows": 12,
+        "chunk_tokens": 256,
     }
 
 
