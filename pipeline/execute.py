@@ -1,16 +1,15 @@
-"""Turning chunks and documents into model calls: batching, budgets, retries, splitting.
+"""Turning packed requests and documents into model calls: budgets, retries, splitting.
 
-``Caller.embed`` takes unique texts, packs them into requests (at most the backend's
-inputs per call and tokens per call), sends them concurrently under the shared
-``Budget``, retries what is retryable with jittered exponential back-off (honouring a
-server's Retry-After), and splits a batch the service rejects (400) in halves until the
+``Caller.embed_request`` sends one request the shard's pack stage filled (the only packer:
+at most the backend's inputs and tokens per call, across documents and parts) under the
+shared ``Budget``, retries what is retryable with jittered exponential back-off (honouring
+a server's Retry-After), and splits a batch the service rejects (400) in halves until the
 offending input stands alone; that input becomes a ``Failure`` and the rest succeed.
 Results are aligned 1:1 with the inputs, checked on every response. Every outcome goes
 to the ``Breaker`` (``pipeline.breaker``), which paces the first requests and stops the
-run with one error on a wrong setting or a sustained outage.
-``Caller.embed_request`` sends one request already packed (the shard's pack stage packs
-across documents and parts); ``Caller.summarize_one`` one summary call. Retry lines are
-logged at DEBUG: a long run stays quiet by default, ``-v`` shows them.
+run with one error on a wrong setting or a sustained outage. ``Caller.summarize_one`` is
+one summary call. Retry lines are logged at DEBUG: a long run stays quiet by default,
+``-v`` shows them.
 """
 
 from __future__ import annotations
@@ -203,23 +202,6 @@ class Caller:
 
     # ------------------------------------------------------------------ embeddings
 
-    def _batches(self, texts: Sequence[str], tokens: Sequence[int]) -> list[list[int]]:
-        cap_inputs = self.backend.max_batch_inputs
-        cap_tokens = self.backend.max_batch_tokens
-        batches: list[list[int]] = []
-        current: list[int] = []
-        current_tokens = 0
-        for i in range(len(texts)):
-            over = cap_tokens is not None and current and current_tokens + tokens[i] > cap_tokens
-            if len(current) >= cap_inputs or over:
-                batches.append(current)
-                current, current_tokens = [], 0
-            current.append(i)
-            current_tokens += tokens[i]
-        if current:
-            batches.append(current)
-        return batches
-
     async def _embed_group(
         self,
         texts: Sequence[str],
@@ -281,24 +263,11 @@ class Caller:
         self, texts: Sequence[str], tokens: Sequence[int]
     ) -> tuple[list[tuple[np.ndarray, bool, EmbedResult] | None], list[TextFailure]]:
         """One packed request (the caller kept it within the backend's limits), with
-        retries and a 400 split down to the offending input. Aligned as ``embed``."""
+        retries and a 400 split down to the offending input. ``results[i]`` is None iff
+        input i failed (its ``TextFailure`` says why)."""
         out: list[Any] = [None] * len(texts)
         failures: list[TextFailure] = []
         await self._embed_group(texts, tokens, list(range(len(texts))), out, failures)
-        return out, failures
-
-    async def embed(
-        self, texts: Sequence[str], tokens: Sequence[int]
-    ) -> tuple[list[tuple[np.ndarray, bool, EmbedResult] | None], list[TextFailure]]:
-        """Embed ``texts`` (token counts alongside). ``results[i]`` is None iff input i failed."""
-        out: list[Any] = [None] * len(texts)
-        failures: list[TextFailure] = []
-        await asyncio.gather(
-            *(
-                self._embed_group(texts, tokens, idx, out, failures)
-                for idx in self._batches(texts, tokens)
-            )
-        )
         return out, failures
 
     # ------------------------------------------------------------------ summaries

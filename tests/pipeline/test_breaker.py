@@ -5,6 +5,7 @@ no real sleeping."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -70,9 +71,7 @@ def test_consistent_wrong_dimension_trips_with_the_setting_to_change() -> None:
     b.failed("embed", _wrong())
     with pytest.raises(ConfigError) as info:
         b.failed("embed", _wrong())
-    assert str(info.value).startswith(
-        "the endpoint returns 1024-d vectors; the job expects 1536"
-    )
+    assert str(info.value).startswith("the endpoint returns 1024-d vectors; the job expects 1536")
     assert str(info.value).endswith("set --output-dimensions 1024")
     # every later request stops with the same error, before it is sent
     with pytest.raises(ConfigError):
@@ -314,8 +313,27 @@ def _caller(backend: Scripted, attempts: int = 4) -> Caller:
 
 
 def _embed(caller: Caller, n: int) -> tuple[list[object], list[object]]:
+    """``n`` inputs as the call stage sends them: full requests, all at once; the results
+    in input order, each failure's index into all ``n``."""
     texts = [f"text {i}" for i in range(n)]
-    return asyncio.run(caller.embed(texts, [1] * n))  # type: ignore[return-value]
+    size = caller.backend.max_batch_inputs
+
+    async def requests() -> tuple[list[object], list[object]]:
+        starts = range(0, n, size)
+        answers = await asyncio.gather(
+            *(
+                caller.embed_request(texts[i : i + size], [1] * len(texts[i : i + size]))
+                for i in starts
+            )
+        )
+        out: list[object] = []
+        failures: list[object] = []
+        for start, (part, failed) in zip(starts, answers, strict=True):
+            out.extend(part)
+            failures.extend(dataclasses.replace(f, index=start + f.index) for f in failed)
+        return out, failures
+
+    return asyncio.run(requests())
 
 
 def test_caller_stops_a_wrong_dimension_after_three_calls() -> None:

@@ -63,23 +63,15 @@ def _texts(n: int) -> list[str]:
     return [f"text number {i}" for i in range(n)]
 
 
-def test_batches_respect_inputs_and_alignment() -> None:
+def test_one_request_is_aligned_with_its_inputs() -> None:
     backend = Scripted()
-    texts = _texts(250)
-    out, failures = asyncio.run(_caller(backend, []).embed(texts, [3] * 250))
+    texts = _texts(96)
+    out, failures = asyncio.run(_caller(backend, []).embed_request(texts, [3] * 96))
     assert failures == []
-    assert [len(c) for c in backend.calls] == [96, 96, 58]
+    assert [len(c) for c in backend.calls] == [96]
     expected = hash_vectors(texts, 8)
     got = np.stack([r[0] for r in out if r is not None])
     assert np.array_equal(got, expected)
-
-
-def test_token_budget_per_call() -> None:
-    backend = Scripted()
-    backend.max_batch_tokens = 100
-    out, _ = asyncio.run(_caller(backend, []).embed(_texts(30), [30] * 30))
-    assert all(len(c) <= 3 for c in backend.calls)
-    assert all(r is not None for r in out)
 
 
 def test_retry_on_429_honours_retry_after_then_succeeds() -> None:
@@ -90,7 +82,7 @@ def test_retry_on_429_honours_retry_after_then_succeeds() -> None:
     backend = Scripted(script)
     slept: list[float] = []
     caller = _caller(backend, slept)
-    out, failures = asyncio.run(caller.embed(_texts(5), [1] * 5))
+    out, failures = asyncio.run(caller.embed_request(_texts(5), [1] * 5))
     assert failures == [] and all(r is not None for r in out)
     assert len(backend.calls) == 3
     # each retry waited out Retry-After (the back-off, and the shared pause gate)
@@ -103,7 +95,7 @@ def test_retries_exhausted_give_transient_failures() -> None:
         raise ServerError("down", status=503, code="ServiceUnavailable", request_id="R9")
 
     backend = Scripted(script)
-    out, failures = asyncio.run(_caller(backend, [], attempts=3).embed(_texts(4), [1] * 4))
+    out, failures = asyncio.run(_caller(backend, [], attempts=3).embed_request(_texts(4), [1] * 4))
     assert out == [None] * 4
     assert len(backend.calls) == 3
     assert {f.index for f in failures} == {0, 1, 2, 3}
@@ -121,7 +113,7 @@ def test_400_splits_down_to_the_bad_input() -> None:
     texts = _texts(40)
     texts[17] = "POISON here"
     backend = Scripted(script)
-    out, failures = asyncio.run(_caller(backend, []).embed(texts, [1] * 40))
+    out, failures = asyncio.run(_caller(backend, []).embed_request(texts, [1] * 40))
     assert [f.index for f in failures] == [17]
     assert failures[0].error.code == "InvalidParameter" and not failures[0].error.retryable
     assert all(r is not None for i, r in enumerate(out) if i != 17)
@@ -136,7 +128,7 @@ def test_wrong_count_is_retried_then_failed() -> None:
             return EmbedResult(hash_vectors(texts[:-1], 8), [False] * len(texts), "x")
 
     backend = Short()
-    out, failures = asyncio.run(_caller(backend, [], attempts=2).embed(_texts(3), [1] * 3))
+    out, failures = asyncio.run(_caller(backend, [], attempts=2).embed_request(_texts(3), [1] * 3))
     assert out == [None] * 3 and len(failures) == 3
     assert "3 inputs" in str(failures[0].error)
     assert len(backend.calls) == 2
@@ -172,9 +164,15 @@ def test_in_flight_ceiling(limit: int) -> None:
             return await super().embed(texts)
 
     backend = Slow()
-    backend.max_batch_inputs = 2
     caller = Caller(backend, Budget(max_in_flight=limit))
-    asyncio.run(caller.embed(_texts(20), [1] * 20))
+
+    async def requests() -> None:  # ten requests of two inputs at once, as the call stage
+        texts = _texts(20)
+        await asyncio.gather(
+            *(caller.embed_request(texts[i : i + 2], [1, 1]) for i in range(0, 20, 2))
+        )
+
+    asyncio.run(requests())
     assert peak == limit
 
 
@@ -276,7 +274,7 @@ def test_retries_are_logged_with_the_request_id(caplog) -> None:
             raise ServerError("busy", status=503, code="ServiceUnavailable", request_id="OGB-x-1")
 
     caplog.set_level("DEBUG")
-    asyncio.run(_caller(Scripted(script), []).embed(_texts(2), [1, 1]))
+    asyncio.run(_caller(Scripted(script), []).embed_request(_texts(2), [1, 1]))
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     # one line per retried request, at DEBUG only: quiet by default, shown with -v
     assert [r.levelname for r in retries] == ["DEBUG"]
@@ -291,6 +289,7 @@ def test_failures_record_the_tries_really_made() -> None:
         # a permanent error the breaker lets through (a 404 would stop the run: breaker.py)
         raise ServiceError("conflict", status=409, code="Conflict")
 
-    out, failures = asyncio.run(_caller(Scripted(script), [], attempts=5).embed(_texts(2), [1, 1]))
+    caller = _caller(Scripted(script), [], attempts=5)
+    out, failures = asyncio.run(caller.embed_request(_texts(2), [1, 1]))
     assert out == [None, None]
     assert [f.attempts for f in failures] == [1, 1]  # permanent: tried once, not five times

@@ -62,6 +62,31 @@ def _commit_records(out: str) -> int:
     return sum(f.endswith(".json") for _, _, fs in os.walk(root) for f in fs)
 
 
+def test_requests_stay_within_the_token_budget_and_keep_every_chunk(tmp_path) -> None:
+    # the pack stage closes a request at the backend's tokens per call, not only at 96
+    src = _single_chunk_docs(str(tmp_path / "docs.parquet"), 300)
+    backend = Counting(dim=8)
+    backend.max_batch_tokens = 40  # each document is a few tokens: ~7 inputs a request
+    tokens = {t: n for t, n in zip(*_token_counts(backend), strict=True)}
+    config = JobConfig(source=src, output=str(tmp_path / "out"), backend="hash", summaries=False)
+    report = _run(config, backend)
+    assert len(backend.sizes) > math.ceil(300 / 96)  # the token budget cut requests short
+    start = 0
+    for size in backend.sizes:
+        assert sum(tokens[t] for t in backend.inputs[start : start + size]) <= 40
+        start += size
+    assert report["counts"]["chunks_embedded"] == 300
+    rows = ds.dataset(str(tmp_path / "out" / "embeddings")).to_table(columns=["doc_id"])
+    assert sorted(rows.column("doc_id").to_pylist()) == [f"d{i:06d}" for i in range(300)]
+
+
+def _token_counts(backend: Counting) -> tuple[list[str], list[int]]:
+    from pipeline.genai.base import count_tokens
+
+    texts = [f"Document {i} is short." for i in range(300)]
+    return texts, [count_tokens(backend.token_counter, t) for t in texts]
+
+
 @pytest.mark.parametrize("batch_docs", [37, 256])
 def test_single_chunk_documents_fill_every_request(tmp_path, batch_docs: int) -> None:
     src = _single_chunk_docs(str(tmp_path / "docs.parquet"), 38_400)
