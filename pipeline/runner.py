@@ -248,6 +248,16 @@ def check_cost_ceiling(config: JobConfig) -> None:
         )
 
 
+def prepare(config: JobConfig) -> list[ShardSpec]:
+    """Everything that must hold before any paid call, for the CLI and the Airflow plan
+    task alike: the source plans (``plan``), its cost is under the ceiling
+    (``check_cost_ceiling``), the output is writable (``preflight``). Returns the specs."""
+    specs = plan(config)
+    check_cost_ceiling(config)
+    preflight(config)
+    return specs
+
+
 @dataclass
 class RunResult:
     report: dict[str, Any]
@@ -266,9 +276,7 @@ def run(
     Holds the output's run lease from after planning (before any model call) to the end:
     a second run on the same output is refused with LockedError naming this one."""
     started = time.monotonic()
-    specs = plan(config)
-    check_cost_ceiling(config)
-    preflight(config)  # before any paid call: an unwritable output fails here, not later
+    specs = prepare(config)
     with run_lease(OutputStore(config.output), config.run_id):
         if on_plan:
             on_plan(specs)
@@ -297,6 +305,7 @@ __all__ = [
     "commit",
     "dry_run",
     "plan",
+    "prepare",
     "run",
     "run_shard",
 ]

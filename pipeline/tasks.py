@@ -35,7 +35,6 @@ from pipeline.errors import (
     PipelineError,
     SourceError,
 )
-from pipeline.preflight import preflight
 from pipeline.progress import ProgressFile, tee
 from pipeline.sinks import OutputStore
 
@@ -118,9 +117,8 @@ def plan_job(
     if config.dry_run:
         preview = runner.dry_run(config)
         return {**base, "dry_run": True, "preview": preview, "shards": [], "counts": preview}
-    specs = [s.to_json() for s in runner.plan(config)]
-    runner.check_cost_ceiling(config)
-    preflight(config)  # an unwritable output fails the plan, before any shard is paid for
+    # planned, under the cost ceiling, output writable: before any shard is paid for
+    specs = [s.to_json() for s in runner.prepare(config)]
     store = OutputStore(config.output)
     path = plan_path(config.run_id)
     store.write_json(path, {"run_id": config.run_id, "shards": specs})
