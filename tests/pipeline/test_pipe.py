@@ -314,7 +314,9 @@ def test_small_window_mixed_documents_finish_exactly_once(tmp_path, stdlib_docs)
     assert len(backend.inputs) == counts["chunks_sent"] < counts["chunks"]
     # requests stay full: a document larger than the window goes in without waiting
     # for the window to drain (which would force a partial request at each one); only a
-    # stall with nothing in flight (this window is 2 requests) flushes one early
+    # stall with nothing in flight (this window is 2 requests) flushes one early. Stalls
+    # depend on timing (up to 4 seen on a loaded machine); the defect this guards, a partial
+    # request at each of the 11 large documents, gives 11 or more
     partial = [n for n in backend.sizes if n < 96]
-    assert len(partial) <= 3, partial
+    assert len(partial) <= 6, partial
     assert counts["summaries"] == 120 and counts["parts_committed"] > 5
