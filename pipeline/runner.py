@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from pipeline import storage
 from pipeline.chunking import ChunkSettings
 from pipeline.config import JobConfig
 from pipeline.errors import ConfigError, PipelineError
@@ -103,6 +104,7 @@ def plan(config: JobConfig) -> list[ShardSpec]:
 
     Raises ``SourceError`` / ``ConfigError`` before any model call when the source or
     the settings are unusable."""
+    storage.configure(config)
     options = source_options(config)
     units = list_units(config.source, options)
     n = max(1, min(config.shards, len(units)))
@@ -166,6 +168,7 @@ def run_shard(
     """Process one shard to completion; safe to call again after any interruption."""
     if isinstance(spec, dict):
         spec = ShardSpec.from_json(spec)
+    storage.configure(config)
     return asyncio.run(_run_shard(spec, config, backend, on_progress))
 
 
@@ -202,6 +205,7 @@ async def _run_shard(
 
 def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Merge shard reports into ``OUTPUT/report.json`` and return it."""
+    storage.configure(config)
     report = RunReport.merge(
         [ShardReport.from_json(r) for r in shard_reports],
         run_id=config.run_id,
@@ -216,6 +220,7 @@ def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, 
 
 def dry_run(config: JobConfig) -> dict[str, Any]:
     """Count what a run would send (documents, characters) and what it would cost."""
+    storage.configure(config)
     from pipeline.sources import read_source
 
     docs = chars = rejected = 0

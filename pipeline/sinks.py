@@ -22,24 +22,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError
+from pipeline.storage import resolve
 
 
 def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str, bool]:
     """(filesystem, base path inside it, is_local) for a path or URI."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri), True
     try:
-        fs, path = pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, ValueError) as exc:
-        try:
-            import fsspec  # optional: oci://, gs:// and friends come through fsspec
-
-            ffs, _, paths = fsspec.get_fs_token_paths(uri)
-            handler = pafs.FSSpecHandler(ffs)
-            return pafs.PyFileSystem(handler), paths[0].rstrip("/"), False
-        except Exception:
-            raise ConfigError(f"output {uri}: unsupported URI ({exc})") from None
-    return fs, path.rstrip("/"), isinstance(fs, pafs.LocalFileSystem)
+        where = resolve(uri)
+    except ConfigError as exc:
+        raise ConfigError(f"output {exc}") from None
+    return where.fs, where.path, where.local
 
 
 class OutputStore:

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from pipeline import runner
+from pipeline import runner, storage
 from pipeline.config import JobConfig
 from pipeline.errors import (
     AuthError,
@@ -92,7 +92,9 @@ def reports_dir(run_id: str) -> str:
 def _config(config_json: Mapping[str, Any] | str, overrides: Mapping[str, Any] | None) -> JobConfig:
     config = JobConfig.from_json(config_json)
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return config.replace(**changes) if changes else config
+    config = config.replace(**changes) if changes else config
+    storage.configure(config)  # oci:// sources and outputs sign with the job's settings
+    return config
 
 
 def plan_job(

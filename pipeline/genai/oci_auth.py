@@ -19,16 +19,25 @@ import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
 from pipeline.errors import ConfigError, GenAIError, TransportError
 
-if TYPE_CHECKING:
-    from pipeline.config import JobConfig
+__all__ = ["AuthSettings", "OciRequestSigner", "load_signer"]
 
-__all__ = ["OciRequestSigner", "load_signer"]
+
+class AuthSettings(Protocol):
+    """The settings a signer is made from (a JobConfig, or storage settings)."""
+
+    @property
+    def auth(self) -> str: ...
+    @property
+    def oci_config(self) -> str | None: ...
+    @property
+    def oci_profile(self) -> str: ...
+
 
 _DEFAULT_CONFIG = os.path.join("~", ".oci", "config")
 _REQUIRED_API_KEY = ("user", "tenancy", "fingerprint", "key_file")
@@ -38,7 +47,7 @@ _REQUIRED_SESSION = ("tenancy", "fingerprint", "key_file", "security_token_file"
 _TOKEN_RECHECK_S = 10.0
 
 
-def load_signer(config: JobConfig) -> tuple[Any, str | None]:
+def load_signer(config: AuthSettings) -> tuple[Any, str | None]:
     """The ``oci`` signer for ``config.auth`` and the region it implies (None if unknown).
 
     api_key and security_token read ``config.oci_config`` (default ``~/.oci/config``, with

@@ -13,10 +13,10 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.errors import SourceError
+from pipeline import storage
+from pipeline.errors import ConfigError, SourceError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -114,20 +114,10 @@ def resolve(uri: str, filesystem: object | None = None) -> Location:
     if not has_scheme:
         return Location(pafs.LocalFileSystem(), _trim(_local_path(base)), pattern, "")
     try:
-        fs, path = pafs.FileSystem.from_uri(base)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise SourceError(f"source {uri}: cannot open its filesystem: {exc}") from exc
-    path = _trim(path)
-    if isinstance(fs, pafs.LocalFileSystem):
-        return Location(fs, path, pattern, "")
-    # Keep whatever came before the filesystem path (scheme, host, port) so a unit path
-    # can be turned back into the same filesystem with FileSystem.from_uri.
-    trimmed = base.rstrip("/")
-    if path and trimmed.endswith(path):
-        prefix = trimmed[: len(trimmed) - len(path)]
-    else:
-        prefix = base[: _SCHEME.match(base).end()]  # type: ignore[union-attr]
-    return Location(fs, path, pattern, prefix)
+        where = storage.resolve(base)
+    except ConfigError as exc:
+        raise SourceError(f"source {uri}: cannot open its filesystem: {exc}") from None
+    return Location(where.fs, where.path, pattern, where.prefix)
 
 
 def fs_for_unit(path: str, filesystem: object | None = None) -> tuple[pafs.FileSystem, str]:
@@ -136,10 +126,10 @@ def fs_for_unit(path: str, filesystem: object | None = None) -> tuple[pafs.FileS
         return as_pyarrow_fs(filesystem), path
     if _SCHEME.match(path):
         try:
-            fs, fs_path = pafs.FileSystem.from_uri(path)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise SourceError(f"cannot open the filesystem of {path}: {exc}") from exc
-        return fs, fs_path
+            where = storage.resolve(path)
+        except ConfigError as exc:
+            raise SourceError(f"cannot open the filesystem of {path}: {exc}") from None
+        return where.fs, where.path
     return pafs.LocalFileSystem(), path
 
 
