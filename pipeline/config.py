@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -52,6 +53,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "max_rpm": (1, 10_000_000),
     "max_tpm": (1, 10_000_000_000),
     "max_in_flight": (1, 10_000),
+    "concurrent_shards": (1, 10_000),
     "max_attempts": (1, 100),
     "dim": (1, 65_536),
     "chunk_tokens": (16, 1_000_000),
@@ -64,6 +66,21 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 _MAX_TIMEOUT_S = 86_400.0
 # A run id names directories under the output: no separators, no leading dot.
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+#: what a ``redis_url`` may start with (redis-py's URL schemes)
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked, for logs, reports and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def new_run_id() -> str:
@@ -103,6 +120,12 @@ class JobConfig:
     max_rpm: int | None = None
     max_tpm: int | None = None
     max_in_flight: int = 8
+    # the rate budget: one shared by every process through Redis when a URL is set (else
+    # the environment's OCI_GENAI_REDIS_URL); without it, each of the shards running at
+    # once (None: 1, the CLI runs its shards in turn) takes 1/concurrent_shards of max_rpm
+    # and max_tpm. See pipeline.budget
+    redis_url: str | None = None
+    concurrent_shards: int | None = None
     max_attempts: int = 6
     dim: int = 384  # hash backend only
     dry_run: bool = False
@@ -165,6 +188,11 @@ class JobConfig:
             raise ConfigError(
                 f"output_dimensions: {self.output_dimensions} is not one of 256, 512, 1024, 1536"
             )
+        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
+            raise ConfigError(
+                f"redis_url: {redact_url(self.redis_url)!r} is not a Redis URL (it must start"
+                f" with {', '.join(s + '://' for s in REDIS_SCHEMES)})"
+            )
         if self.max_cost is not None and self.price_per_million_chars is None:
             raise ConfigError("max_cost: needs price_per_million_chars to estimate a cost")
 
@@ -209,8 +237,12 @@ class JobConfig:
         return dataclasses.replace(self, **changes)
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings safe to write into reports and logs (paths, never key material)."""
-        return dataclasses.asdict(self)
+        """Settings safe to write into reports and logs (paths, never key material; a
+        password in ``redis_url`` is masked)."""
+        out = dataclasses.asdict(self)
+        if self.redis_url:
+            out["redis_url"] = redact_url(self.redis_url)
+        return out
 
     # ------------------------------------------------------------------ construction
 

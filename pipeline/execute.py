@@ -2,21 +2,24 @@
 
 ``Caller.embed_request`` sends one request the shard's pack stage filled (the only packer:
 at most the backend's inputs and tokens per call, across documents and parts) under the
-shared ``Budget``, retries what is retryable with jittered exponential back-off (honouring
-a server's Retry-After), and splits a batch the service rejects (400) in halves until the
-offending input stands alone; that input becomes a ``Failure`` and the rest succeed.
-Results are aligned 1:1 with the inputs, checked on every response. Every outcome goes
+shard's rate ``Budget`` (``pipeline.throttle``: it paces, and hears of every success and
+429), retries what is retryable with jittered exponential back-off (a 429 waits for the
+budget's pace instead, and never less than a server's Retry-After), and splits a batch
+the service rejects (400) in halves until the offending input stands alone; that input
+becomes a ``Failure`` and the rest succeed. Results are aligned 1:1 with the inputs,
+checked on every response. Every outcome goes
 to the ``Breaker`` (``pipeline.breaker``), which paces the first requests and stops the
 run with one error on a wrong setting or a sustained outage. ``Caller.summarize_one`` is
 one summary call. Retry lines are logged at DEBUG: a long run stays quiet by default,
-``-v`` shows them.
+``-v`` shows them. Retries sleep, and round trips are timed, with the budget's own
+clock/sleep pair, so a test on fake time drives both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -39,10 +42,13 @@ from pipeline.errors import (
     ThrottledError,
 )
 from pipeline.genai.base import Backend, EmbedResult, SummaryResult, SummarySettings
-from pipeline.throttle import Budget
+from pipeline.throttle import MAX_RETRY_AFTER_S, Budget
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+#: most seconds a throttled request waits before it queues for the budget's pace again
+THROTTLED_JITTER_S = 0.25
 
 
 @dataclass
@@ -79,17 +85,21 @@ class TextFailure:
 
 
 class _Wait:
-    """Jittered exponential back-off, but never shorter than a server's Retry-After."""
+    """Jittered exponential back-off for errors. A 429 instead waits a moment's jitter
+    (never less than a server's Retry-After): the budget was cut by it and paces the
+    retry with every other request, so a back-off on top would only leave its slot idle."""
 
     def __init__(self) -> None:
         self._exp = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=1.0)
 
     def __call__(self, state: RetryCallState) -> float:
-        delay = float(self._exp(state))
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, ThrottledError) and exc.retry_after is not None:
-            delay = max(delay, min(exc.retry_after, 120.0))
-        return delay
+        if isinstance(exc, ThrottledError):
+            delay = random.uniform(0.0, THROTTLED_JITTER_S)
+            if exc.retry_after is not None:
+                delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER_S))
+            return delay
+        return float(self._exp(state))
 
 
 class Caller:
@@ -99,17 +109,18 @@ class Caller:
         budget: Budget,
         *,
         max_attempts: int = 6,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         breaker: Breaker | None = None,
     ) -> None:
         self.backend = backend
         self.budget = budget
         self.max_attempts = max_attempts
-        self.sleep = sleep
+        # one clock/sleep pair for the budget's pace and the retries' back-off
+        self.clock = budget.clock
+        self.sleep = budget.sleep
         self.stats = CallStats()
         # sees every outcome; stops the run on a wrong setting or an outage (breaker.py)
         self.breaker = breaker or Breaker.for_backend(
-            backend, max_in_progress=2 * budget.concurrency.maximum
+            backend, max_in_progress=2 * budget.max_in_flight, clock=budget.clock
         )
 
     # ------------------------------------------------------------------ one request
@@ -156,7 +167,7 @@ class Caller:
                     self.stats.retries += 1
                     self.breaker.check()  # tripped meanwhile: do not send again
                 async with self.budget.slot(tokens):
-                    started = time.monotonic()
+                    started = self.clock()
                     self.stats.calls += 1
                     self.stats.input_tokens += tokens
                     self.stats.input_chars += chars
@@ -169,8 +180,7 @@ class Caller:
                     except ThrottledError as exc:
                         exc.attempts = attempts
                         self.stats.throttled += 1
-                        self.budget.concurrency.on_throttle(time.monotonic() - started)
-                        self.budget.rate.on_throttle(exc.retry_after)
+                        await self.budget.on_throttle(exc.retry_after, self.clock() - started)
                         self.breaker.failed(op, exc)
                         raise
                     except GenAIError as exc:
@@ -180,9 +190,9 @@ class Caller:
                         raise
                     finally:
                         self.stats.in_flight -= 1
-                    self.stats.latencies_ms.append((time.monotonic() - started) * 1000.0)
-                    self.budget.concurrency.on_success()
-                    self.budget.rate.on_success()
+                    rtt = self.clock() - started
+                    self.stats.latencies_ms.append(rtt * 1000.0)
+                    await self.budget.on_success(rtt)
                     self.breaker.succeeded(op)
                 return result, attempts
         raise AssertionError("unreachable: tenacity reraises the last error")

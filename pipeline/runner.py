@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from pipeline import storage
+from pipeline.budget import make_budget
 from pipeline.chunking import ChunkSettings
 from pipeline.config import JobConfig
 from pipeline.errors import ConfigError, PipelineError
@@ -30,6 +31,7 @@ from pipeline.shard import run_shard_stages
 from pipeline.sinks import OutputStore
 from pipeline.sources import SourceOptions, SourceUnit, find_duplicates, list_units
 from pipeline.sources.duplicates import duplicates_path
+from pipeline.throttle import Budget
 
 log = logging.getLogger(__name__)
 
@@ -162,20 +164,34 @@ def run_shard(
     spec: ShardSpec | dict[str, Any],
     config: JobConfig,
     *,
+    budget: Budget | None = None,
     backend: Backend | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Process one shard to completion; safe to call again after any interruption."""
+    """Process one shard to completion; safe to call again after any interruption.
+
+    ``budget`` is the rate budget its calls draw on, built by the caller
+    (``pipeline.budget.make_budget(config)`` when None). It is closed when the shard ends:
+    its connections, if any, belong to this call's event loop."""
     if isinstance(spec, dict):
         spec = ShardSpec.from_json(spec)
     storage.configure(config)
-    return asyncio.run(_run_shard(spec, config, backend, on_progress))
+    budget = budget or make_budget(config)
+
+    async def go() -> dict[str, Any]:
+        try:
+            return await _run_shard(spec, config, backend, budget, on_progress)
+        finally:
+            await budget.aclose()
+
+    return asyncio.run(go())
 
 
 async def _run_shard(
     spec: ShardSpec,
     config: JobConfig,
     backend: Backend | None,
+    budget: Budget,
     on_progress: Callable[[int, int], None] | None,
 ) -> dict[str, Any]:
     own_backend = backend is None
@@ -194,6 +210,7 @@ async def _run_shard(
                 source_options(config),
                 chunk_settings(config, backend),
                 on_progress=on_progress,
+                budget=budget,
             )
     finally:
         if own_backend:
@@ -295,11 +312,14 @@ async def _run_shards(
     config: JobConfig,
     on_progress: Callable[[int, int], None] | None,
 ) -> list[dict[str, Any]]:
-    """Every shard in turn on one event loop, sharing one backend (one connection pool)."""
+    """Every shard in turn on one event loop, sharing one backend (one connection pool)
+    and one rate budget (the shards run one at a time: the whole budget is theirs)."""
     backend = make_backend(config)
+    budget = make_budget(config)
     try:
-        return [await _run_shard(spec, config, backend, on_progress) for spec in specs]
+        return [await _run_shard(spec, config, backend, budget, on_progress) for spec in specs]
     finally:
+        await budget.aclose()
         await backend.aclose()
 
 

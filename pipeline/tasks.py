@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from pipeline import runner, storage
+from pipeline.budget import make_budget
 from pipeline.config import JobConfig
 from pipeline.errors import (
     AuthError,
@@ -242,7 +243,12 @@ def run_shard_task(
             config.output, config.run_id, spec["shard_id"], est_docs=spec.get("est_docs", 0)
         ) as progress_file,
     ):
-        report = runner.run_shard(spec, config, on_progress=tee(progress, progress_file))
+        # the shard's rate budget: shared through Redis when configured, else this
+        # task's share (1/concurrent_shards, the pool's slots) of the job's ceilings
+        budget = make_budget(config)
+        report = runner.run_shard(
+            spec, config, budget=budget, on_progress=tee(progress, progress_file)
+        )
     counts = report.get("counts", {})
     calls = report.get("calls", {})
     out = {

@@ -10,7 +10,7 @@ requests busy (see :func:`window_sizes`), not by the corpus. Parts commit in any
 each once all its documents are settled; only a part's commit record marks them done.
 
 :func:`run_shard_stages` is the one entry point; :func:`make_caller` is the one place a
-shard's ``Caller`` (budget, retries) is built.
+shard's ``Caller`` (retries, over the rate budget its runner built) is made.
 """
 
 from __future__ import annotations
@@ -44,15 +44,10 @@ from pipeline.throttle import Budget
 _BYTES_PER_ROW = 200  # ids, offsets, statistics: a row's overhead beside its vector
 
 
-def make_caller(config: JobConfig, backend: Backend, chunking: ChunkSettings) -> Caller:
-    """The shard's model caller: its budget (rate ceilings, adaptive concurrency) and
-    retry policy. Built here and nowhere else."""
-    budget = Budget(
-        max_rpm=config.max_rpm,
-        max_tpm=config.max_tpm,
-        max_in_flight=config.max_in_flight,
-        max_request_tokens=chunking.max_tokens * backend.max_batch_inputs,
-    )
+def make_caller(config: JobConfig, backend: Backend, budget: Budget) -> Caller:
+    """The shard's model caller: its retry policy over ``budget`` (rate ceilings,
+    adaptive pacing and concurrency; ``pipeline.budget.make_budget``). Made here and
+    nowhere else."""
     return Caller(backend, budget, max_attempts=config.max_attempts)
 
 
@@ -102,12 +97,14 @@ async def run_shard_stages(
     chunking: ChunkSettings,
     *,
     on_progress: Callable[[int, int], None] | None = None,
+    budget: Budget | None = None,
     caller: Caller | None = None,
     part_seconds: float = 30.0,
 ) -> ShardReport:
     """Process one shard to completion: safe to call again after any interruption
     (committed parts are kept, the rest is redone). Raises what must stop the shard
-    (``AuthError``, ``SourceError``, storage errors) as itself."""
+    (``AuthError``, ``SourceError``, storage errors) as itself. Calls go through
+    ``caller``, else a Caller over ``budget`` (one of them is needed)."""
     started = time.monotonic()
     report = ShardReport(shard_id=shard_id, run_id=config.run_id)
     checkpoint = Checkpoint(store)
@@ -117,7 +114,10 @@ async def run_shard_stages(
     embed_fp_id = fingerprint_id(embed_fp)
     summary_fp_id = fingerprint_id(summary_fp) if summary_fp else None
     index = checkpoint.load_index(embed_fp_id, summary_fp_id)
-    caller = caller or make_caller(config, backend, chunking)
+    if caller is None:
+        if budget is None:
+            raise ValueError("run_shard_stages needs a budget or a caller")
+        caller = make_caller(config, backend, budget)
     settings = summary_settings(config)
     duplicates = Duplicates.load(store, config.run_id)  # None unless the plan found any
     target = CommitTarget(
@@ -233,7 +233,7 @@ async def run_shard_stages(
     report.add("chunks_deduplicated", packer.chunks - packer.sent)
     report.calls.merge(caller.stats)
     report.seconds = time.monotonic() - started
-    report.adaptive_cuts = caller.budget.concurrency.cuts
+    report.adaptive_cuts = caller.budget.snapshot().cuts
     return report
 
 

@@ -24,7 +24,7 @@ from pipeline.errors import (
 from pipeline.execute import Caller
 from pipeline.genai.base import EmbedResult, SummaryResult, SummarySettings
 from pipeline.genai.hashembed import RegexTokenCounter, hash_vectors
-from pipeline.throttle import Budget
+from pipeline.throttle import RateBudget
 
 
 class Clock:
@@ -308,8 +308,8 @@ def _caller(backend: Scripted, attempts: int = 4) -> Caller:
     async def sleep(s: float) -> None:
         return None
 
-    budget = Budget(max_in_flight=16, sleep=sleep)
-    return Caller(backend, budget, max_attempts=attempts, sleep=sleep)
+    budget = RateBudget(max_in_flight=16, sleep=sleep)
+    return Caller(backend, budget, max_attempts=attempts)
 
 
 def _embed(caller: Caller, n: int) -> tuple[list[object], list[object]]:
@@ -416,7 +416,7 @@ def test_the_caller_builds_its_breaker_from_the_backend() -> None:
     assert caller.breaker.target.embed_model == "scripted/embed"
     assert caller.breaker.target.dim == 16
     own = Breaker(dim=16)
-    assert Caller(backend, Budget(), breaker=own).breaker is own
+    assert Caller(backend, RateBudget(), breaker=own).breaker is own
 
 
 def test_after_a_trip_nothing_more_is_sent() -> None:

@@ -13,7 +13,7 @@ from pipeline.errors import BadRequestError, ServerError, ThrottledError
 from pipeline.execute import Caller
 from pipeline.genai.base import EmbedResult, SummaryResult, SummarySettings
 from pipeline.genai.hashembed import RegexTokenCounter, hash_vectors
-from pipeline.throttle import Budget
+from pipeline.throttle import RateBudget
 
 
 class Scripted:
@@ -55,8 +55,8 @@ def _caller(backend: Scripted, slept: list[float], attempts: int = 4) -> Caller:
     async def sleep(s: float) -> None:
         slept.append(s)
 
-    budget = Budget(max_in_flight=4, sleep=sleep)
-    return Caller(backend, budget, max_attempts=attempts, sleep=sleep)
+    budget = RateBudget(max_in_flight=4, sleep=sleep)
+    return Caller(backend, budget, max_attempts=attempts)
 
 
 def _texts(n: int) -> list[str]:
@@ -164,7 +164,7 @@ def test_in_flight_ceiling(limit: int) -> None:
             return await super().embed(texts)
 
     backend = Slow()
-    caller = Caller(backend, Budget(max_in_flight=limit))
+    caller = Caller(backend, RateBudget(max_in_flight=limit))
 
     async def requests() -> None:  # ten requests of two inputs at once, as the call stage
         texts = _texts(20)

@@ -30,7 +30,7 @@ from pipeline.genai.emulator.actions import context_window
 from pipeline.genai.oci_backend import OciBackend, default_summary_input_tokens
 from pipeline.mapreduce import split_text, summarize_document, upper_bound_tokens
 from pipeline.runner import run
-from pipeline.throttle import Budget
+from pipeline.throttle import RateBudget
 from tests.conftest import write_corpus
 from tests.oci_fixtures import make_oci_config
 
@@ -101,7 +101,7 @@ def _one(backend: Backend, config: JobConfig, caller: Caller):  # type: ignore[n
 def _summarize(config: JobConfig, text: str, budget: int | None) -> SummaryResult:
     async def go() -> SummaryResult:
         async with make_backend(config) as backend:
-            caller = Caller(backend, Budget(max_in_flight=8), max_attempts=config.max_attempts)
+            caller = Caller(backend, RateBudget(max_in_flight=8), max_attempts=config.max_attempts)
             return await summarize_document(
                 text,
                 _one(backend, config, caller),

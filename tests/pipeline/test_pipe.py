@@ -268,6 +268,7 @@ def test_small_window_mixed_documents_finish_exactly_once(tmp_path, stdlib_docs)
     window), repeated texts, small parts, summaries: everything settles, nothing twice."""
     from collections import Counter
 
+    from pipeline.budget import make_budget
     from pipeline.runner import chunk_settings, source_options
     from pipeline.shard import run_shard_stages
     from pipeline.sinks import OutputStore
@@ -298,6 +299,7 @@ def test_small_window_mixed_documents_finish_exactly_once(tmp_path, stdlib_docs)
                 OutputStore(out),
                 source_options(config),
                 chunk_settings(config, backend),
+                budget=make_budget(config),
             ),
             timeout=120,
         )

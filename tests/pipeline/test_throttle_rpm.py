@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.throttle import Budget
+from pipeline.throttle import RateBudget
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -41,7 +41,7 @@ class _VirtualLoop(asyncio.SelectorEventLoop):
 def _slot_times(max_rpm: int, requests: int) -> list[float]:
     async def go() -> list[float]:
         loop = asyncio.get_running_loop()
-        budget = Budget(max_rpm=max_rpm, max_in_flight=4, clock=loop.time)
+        budget = RateBudget(max_rpm=max_rpm, max_in_flight=4, clock=loop.time)
         start = loop.time()
         times = []
         for _ in range(requests):
@@ -68,7 +68,7 @@ def test_every_rpm_of_at_least_one_paces_at_that_rate(max_rpm: int) -> None:
 
 def test_one_rpm_waits_a_minute_on_a_real_loop_too() -> None:
     async def go() -> bool:
-        budget = Budget(max_rpm=1)
+        budget = RateBudget(max_rpm=1)
         async with budget.slot():
             pass
         second = asyncio.ensure_future(_enter(budget))
@@ -77,7 +77,7 @@ def test_one_rpm_waits_a_minute_on_a_real_loop_too() -> None:
         second.cancel()
         return waiting
 
-    async def _enter(budget: Budget) -> None:
+    async def _enter(budget: RateBudget) -> None:
         async with budget.slot():
             pass
 
