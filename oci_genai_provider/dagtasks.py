@@ -9,7 +9,11 @@ shard resumes from its checkpoint in the output.
 
 Knobs read from the environment when the DAG file is parsed (no I/O):
 ``OCI_GENAI_SHARD_RETRIES`` (3), ``OCI_GENAI_RETRY_DELAY_S`` (60),
-``OCI_GENAI_PROGRESS_EVERY_S`` (30), ``OCI_GENAI_POOL`` (oci_genai).
+``OCI_GENAI_PROGRESS_EVERY_S`` (30), ``OCI_GENAI_POOL`` (oci_genai),
+``OCI_GENAI_POOL_SLOTS`` (4: the pool's size; a task cannot read it from Airflow, so it
+is given here, as where the pool is made). Without a shared rate budget (Redis), each
+shard task takes 1/``OCI_GENAI_POOL_SLOTS`` of a job's ``max_rpm``/``max_tpm``: that many
+run at once at most, from every DAG run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pipeline import tasks as core
 log = logging.getLogger("oci_genai")
 
 POOL = os.environ.get("OCI_GENAI_POOL", "oci_genai")
+POOL_SLOTS = int(os.environ.get("OCI_GENAI_POOL_SLOTS", "4"))
 SHARD_RETRIES = int(os.environ.get("OCI_GENAI_SHARD_RETRIES", "3"))
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("OCI_GENAI_RETRY_DELAY_S", "60")))
 PROGRESS_EVERY_S = float(os.environ.get("OCI_GENAI_PROGRESS_EVERY_S", "30"))
@@ -118,7 +123,8 @@ def plan(variable: str | None = None, defaults: dict[str, Any] | None = None) ->
         fail_fast_on_permanent_errors(),
         connection_settings(params.get("conn_id"), conf.get("backend", "local")) as overrides,
     ):
-        planned = core.plan_job(conf, overrides=overrides)
+        # the shard tasks share the pool: each takes 1/slots of the limits (unless Redis)
+        planned = core.plan_job(conf, overrides={"concurrent_shards": POOL_SLOTS, **overrides})
     if planned.get("dry_run"):
         log.info("dry run, nothing sent: %s", planned["preview"])
     else:
@@ -147,6 +153,8 @@ def run_shard(config: dict[str, Any], shard: dict[str, Any] | str) -> dict[str, 
         fail_fast_on_permanent_errors(),
         connection_settings(conn_id, config.get("backend"), key_only=True) as overrides,
     ):
+        if config.get("redis_url"):
+            overrides = {k: v for k, v in overrides.items() if k != "redis_url"}  # the job's
         return core.run_shard_task(
             config, shard, overrides=overrides, progress_every=PROGRESS_EVERY_S, emit=log.info
         )

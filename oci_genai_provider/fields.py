@@ -5,7 +5,9 @@ No Airflow here: the declarations are plain data read by ProvidersManager, and
 
 A connection's extras (the form's fields) become ``JobConfig`` keys: ``auth``,
 ``oci_config``/``oci_profile``, ``region``, ``genai_endpoint``, ``os_endpoint``,
-``compartment``, default models and limits. Inline API-key material (user, tenancy,
+``compartment``, default models and limits, and ``redis_url`` (the shared rate budget;
+like the key, it is given to each shard task and never travels with the run's settings,
+see ``OciGenAIHook.job_settings``). Inline API-key material (user, tenancy,
 fingerprint, private key) is not a JobConfig key: :func:`write_inline_profile` writes it
 as an OCI config profile into a private directory (0700, files 0600) that the caller
 removes when the task ends, and the settings point ``oci_config`` at it.
@@ -92,6 +94,13 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "max_in_flight": _int(
         "Default max in flight", "Concurrent requests per shard task.", minimum=1
     ),
+    "redis_url": _text(
+        "Shared rate budget (Redis URL)",
+        "redis://host:6379/1: every shard task on every worker draws on one budget of"
+        " requests and tokens per minute (else each takes its share of the pool's slots)."
+        " A password in it is masked.",
+        format="password",
+    ),
 }
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
@@ -103,6 +112,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "genai_endpoint": "https://inference.generativeai.us-chicago-1.oci.oraclecloud.com",
         "region": "us-chicago-1",
         "oci_config": "~/.oci/config",
+        "redis_url": "redis://redis:6379/1",
     },
 }
 
@@ -121,6 +131,7 @@ _SETTINGS = (
     "max_rpm",
     "max_tpm",
     "max_in_flight",
+    "redis_url",
 )
 _INTS = ("output_dimensions", "max_rpm", "max_tpm", "max_in_flight")
 INLINE_FIELDS = ("user", "tenancy", "fingerprint", "private_key")

@@ -44,14 +44,17 @@ class OciGenAIHook(BaseHook):
         key is written to a 0600 file in a 0700 directory removed on exit.
 
         ``key_only``: only what is local to this process, the inline key's profile
-        (``oci_config``, ``oci_profile``), or nothing for a config-file connection. The
-        shard and commit tasks use this: the rest of a run's settings were fixed by its
-        plan and travel in the run's config."""
+        (``oci_config``, ``oci_profile``), or nothing for a config-file connection, and
+        the shared rate budget's ``redis_url``. The shard and commit tasks use this: the
+        rest of a run's settings were fixed by its plan and travel in the run's config.
+        ``redis_url`` is given only here, so that a password in it never travels with the
+        run's settings (XCom)."""
         conn = self.get_connection(self.oci_genai_conn_id)
         settings, inline = settings_from_extra(self.oci_genai_conn_id, conn.extra_dejson)
         settings["backend"] = "oci"
+        local = {"redis_url": settings.pop("redis_url")} if "redis_url" in settings else {}
         if inline is None:
-            yield {} if key_only else settings
+            yield local if key_only else settings
             return
         directory = tempfile.mkdtemp(prefix="oci-genai-key-")
         try:
@@ -59,7 +62,7 @@ class OciGenAIHook(BaseHook):
                 "oci_config": write_inline_profile(directory, inline, settings.get("region")),
                 "oci_profile": "DEFAULT",
             }
-            yield profile if key_only else {**settings, **profile}
+            yield {**profile, **local} if key_only else {**settings, **profile}
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 

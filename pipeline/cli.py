@@ -75,6 +75,15 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--max-rpm", type=int, help="requests per minute ceiling")
     p.add_argument("--max-tpm", type=int, help="tokens per minute ceiling")
     p.add_argument("--max-in-flight", type=int, help="most requests at once")
+    p.add_argument(
+        "--redis-url",
+        help="one rate budget shared by every process using it (redis://host:port/db)",
+    )
+    p.add_argument(
+        "--concurrent-shards",
+        type=int,
+        help="without Redis: shard processes running at once, each takes 1/N of the limits",
+    )
     p.add_argument("--max-attempts", type=int, help="tries per request, first included")
     p.add_argument("--dim", type=int, help="vector size of the hash backend")
     p.add_argument("--dry-run", action="store_const", const=True, default=None)

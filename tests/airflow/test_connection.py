@@ -76,9 +76,10 @@ def test_the_connection_type_is_registered_declaratively() -> None:
     for name in ("auth", "oci_config", "oci_profile", "user", "tenancy", "fingerprint",
                  "private_key", "passphrase", "region", "genai_endpoint", "os_endpoint",
                  "compartment", "embed_model", "summary_model", "max_rpm", "max_tpm",
-                 "max_in_flight"):  # fmt: skip
+                 "max_in_flight", "redis_url"):  # fmt: skip
         assert f"extra__oci_genai__{name}" in widgets, name
     assert widgets["extra__oci_genai__private_key"].is_sensitive
+    assert widgets["extra__oci_genai__redis_url"].is_sensitive  # it may hold a password
     assert widgets["extra__oci_genai__passphrase"].is_sensitive
     assert not widgets["extra__oci_genai__region"].is_sensitive
     auth = widgets["extra__oci_genai__auth"].field["schema"]["enum"]
@@ -176,6 +177,18 @@ def test_shard_tasks_take_only_the_key_from_the_connection(emulator, monkeypatch
     _set_connection(monkeypatch, {"oci_config": "/etc/oci/config", "compartment": COMPARTMENT})
     with _hook().job_settings(key_only=True) as settings:
         assert settings == {}
+
+
+def test_the_shared_budget_url_goes_to_each_task_never_into_the_runs_settings(
+    monkeypatch,
+) -> None:
+    url = "redis://:s3cret@redis:6379/1"
+    extra = {"oci_config": "/etc/oci/config", "compartment": COMPARTMENT, "redis_url": url}
+    _set_connection(monkeypatch, extra)
+    with _hook().job_settings() as settings:  # the plan: these travel in XCom
+        assert "redis_url" not in settings
+    with _hook().job_settings(key_only=True) as settings:  # a shard task, for itself
+        assert settings == {"redis_url": url}
 
 
 def test_test_connection_makes_one_signed_call(emulator, monkeypatch) -> None:

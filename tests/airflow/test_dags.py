@@ -82,6 +82,8 @@ def test_backfill_runs_end_to_end_with_small_xcoms(dagbag, tmp_path, stdlib_docs
     assert len(list((out / "_state" / "reports" / run_id).glob("*.json"))) == 3
     assert values[("commit", -1, "return_value")]["run_id"] == run_id
     assert values[("plan", -1, "config")]["backend"] == "hash"
+    # without a shared budget, each shard task takes 1/slots of the pool (4) of the limits
+    assert values[("plan", -1, "config")]["concurrent_shards"] == 4
 
     with create_session() as session:
         uris = {
