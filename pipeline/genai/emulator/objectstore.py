@@ -5,8 +5,9 @@ objects, the path relative to the bucket (with ``/``) being the object name. The
 ``ObjectStorageClient``, ``UploadManager`` and ``ocifs`` run against it. Served calls:
 GetNamespace, GetNamespaceMetadata, CreateBucket, ListBuckets, GetBucket, HeadBucket,
 DeleteBucket, ListObjects (prefix, start, end, startAfter, limit, ``/`` delimiter, fields),
-HeadObject, GetObject (one byte range), PutObject, DeleteObject, RenameObject (each with
-if-match / if-none-match) and multipart uploads (create, upload part, commit, abort, list
+HeadObject, GetObject (one byte range), PutObject, DeleteObject, RenameObject, CopyObject
+within the namespace (done at once; its work request reads COMPLETED), each with
+if-match / if-none-match, and multipart uploads (create, upload part, commit, abort, list
 parts, list uploads).
 
 Bookkeeping lives under ``<root>/.oci-emulator/`` (never a bucket): per-object metadata
@@ -449,6 +450,29 @@ class ObjectStore:
         self._prune(self.bucket_dir(bucket), src_path)
         return meta
 
+    def stage_copy(self, bucket: str, name: str, if_match: str | None) -> tuple[Staged, ObjectMeta]:
+        """A copy of an object's bytes in a temporary file, with the metadata it had
+        (blocking: run it in a thread)."""
+        path = self.object_path(bucket, name)
+        try:
+            src = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise self.not_found(bucket, name) from None
+        with src:
+            meta = self.meta(bucket, name, os.fstat(src.fileno()), path)
+            self.check_conditions(meta.etag, if_match, None, f"object '{name}'")
+            fd, tmp = self.new_temp()
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)
+                    size = out.tell()
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        staged = Staged(tmp, size, base64.b64decode(meta.md5), meta.multipart_md5)
+        return staged, meta
+
     # ------------------------------------------------------------------ listing
 
     def list_objects(
@@ -877,6 +901,7 @@ class ObjectStorageApi:
         self.denied_buckets = denied_buckets if denied_buckets is not None else set()
         self._count = count or (lambda key, label: None)
         self.tenancy = tenancy
+        self._work_requests: dict[str, dict[str, Any]] = {}
         self.user = (
             verifier.key_id.split("/")[1] if verifier else "ocid1.user.oc1..aaaaemulatoruser"
         )
@@ -884,6 +909,7 @@ class ObjectStorageApi:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/n", self.handle)
         app.router.add_route("*", "/n/{tail:.*}", self.handle)
+        app.router.add_get("/workRequests/{id}", self._work_request)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -984,6 +1010,8 @@ class ObjectStorageApi:
             return await self._upload(request, ns, bucket, name, params)
         if kind == "actions" and tail == ["renameObject"] and method == "POST":
             return await self._rename(request, ns, bucket)
+        if kind == "actions" and tail == ["copyObject"] and method == "POST":
+            return await self._copy(request, ns, bucket)
         what = "/".join([kind, *tail])
         raise ApiError(
             501,
@@ -1268,6 +1296,75 @@ class ObjectStorageApi:
         self._op("RenameObject")
         meta = store.rename(bucket, details)
         return web.Response(status=200, headers={"etag": meta.etag})
+
+    async def _copy(self, request: web.Request, ns: str, bucket: str) -> web.StreamResponse:
+        """CopyObject within the emulator's namespace (any destinationRegion): done
+        before the answer, which is 202 with the id of a work request already COMPLETED."""
+        details = await self._read_json(request)
+        store = self._prelude(ns, bucket)
+        self._op("CopyObject")
+        source = details.get("sourceObjectName")
+        dest_bucket = details.get("destinationBucket")
+        dest_name = details.get("destinationObjectName")
+        if not isinstance(source, str) or not source:
+            raise ApiError(400, "InvalidParameter", "sourceObjectName is required")
+        if not isinstance(dest_bucket, str) or not dest_bucket:
+            raise ApiError(400, "InvalidParameter", "destinationBucket is required")
+        if not isinstance(dest_name, str) or not dest_name:
+            raise ApiError(400, "InvalidParameter", "destinationObjectName is required")
+        self._namespace(str(details.get("destinationNamespace") or ns))
+        self._bucket_allowed(dest_bucket)
+        store.bucket_dir(dest_bucket)
+        store.check_object_name(dest_name)
+        staged, meta = await asyncio.to_thread(
+            store.stage_copy, bucket, source, details.get("sourceObjectIfMatchETag")
+        )
+        headers = dict(meta.headers)
+        given = details.get("destinationObjectMetadata")
+        if isinstance(given, dict) and given:
+            headers = {k: v for k, v in headers.items() if not k.startswith("opc-meta-")}
+            for k, v in given.items():
+                key = k.lower()
+                headers[key if key.startswith("opc-meta-") else f"opc-meta-{key}"] = str(v)
+        store.commit(
+            dest_bucket,
+            dest_name,
+            staged,
+            headers,
+            details.get("destinationObjectIfMatchETag"),
+            details.get("destinationObjectIfNoneMatchETag"),
+        )
+        work_id = f"ocid1.objectstorageworkrequest.oc1..emulator{uuid.uuid4().hex}"
+        now = _rfc3339(time.time())
+        self._work_requests[work_id] = {
+            "operationType": "COPY_OBJECT",
+            "status": "COMPLETED",
+            "id": work_id,
+            "compartmentId": store.bucket_info(bucket)["compartmentId"],
+            "resources": [
+                {
+                    "actionType": "WRITTEN",
+                    "entityType": "object",
+                    "identifier": dest_name,
+                    "entityUri": f"/n/{store.namespace}/b/{dest_bucket}/o/{dest_name}",
+                }
+            ],
+            "percentComplete": 100.0,
+            "timeAccepted": now,
+            "timeStarted": now,
+            "timeFinished": now,
+        }
+        return web.Response(status=202, headers={"opc-work-request-id": work_id})
+
+    async def _work_request(self, request: web.Request) -> web.StreamResponse:
+        if self.store is None:
+            raise ApiError(404, "NotFound", "this emulator does not serve Object Storage")
+        self._authenticate(request, b"")
+        self._op("GetWorkRequest")
+        record = self._work_requests.get(request.match_info["id"])
+        if record is None:
+            raise ApiError(404, "NotFound", "no such work request")
+        return _json(record)
 
     # ------------------------------------------------------------------ multipart
 

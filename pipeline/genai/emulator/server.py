@@ -124,9 +124,8 @@ class EmulatorApp:
         """opc-request-id on every answer, OCI error bodies for every error, counting."""
         # control and Object Storage requests are not GenAI requests: they are left out of
         # requests/statuses (Object Storage counts its operations in object_storage)
-        control = request.path.startswith("/_emulator/") or (
-            request.path == "/n" or request.path.startswith("/n/")
-        )
+        path = request.path
+        control = path.startswith(("/_emulator/", "/n/", "/workRequests/")) or path == "/n"
         if not control:
             self.behaviour.count("requests")
         # the SDK's id (32 hex) or a caller's own is echoed; otherwise one is made up
