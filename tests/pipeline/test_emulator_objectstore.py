@@ -794,3 +794,22 @@ def test_concurrent_create_if_absent_has_one_winner(env: Env) -> None:
         with ThreadPoolExecutor(8) as pool:
             assert sum(pool.map(claim, range(8))) == 1
         env.client.delete_object(NS, bucket, "lease")
+
+
+def test_a_stale_look_at_a_replaced_object_keeps_its_new_etag(tmp_path: Path) -> None:
+    """A listing (a worker thread) that stat'ed a hand-made file just before a PUT
+    replaced it must not record metadata of the old file over the new object's."""
+    from pipeline.genai.emulator.objectstore import ObjectStore, Staged
+
+    (tmp_path / "bkt").mkdir()
+    path = tmp_path / "bkt" / "obj"
+    path.write_bytes(b"by hand")
+    store = ObjectStore(tmp_path)
+    stale = path.stat()  # the listing's look
+    fd, tmp = store.new_temp()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(b"put")
+    put = store.commit("bkt", "obj", Staged(tmp, 3, hashlib.md5(b"put").digest()), {})
+    store.meta("bkt", "obj", stale, path)  # the listing goes on with its stale stat
+    assert store.meta("bkt", "obj", path.stat(), path).etag == put.etag
+    assert ObjectStore(tmp_path).meta("bkt", "obj", path.stat(), path).etag == put.etag

@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -168,10 +169,9 @@ class Staged:
 class ObjectStore:
     """The disk side: buckets are directories of ``root``, objects are files.
 
-    Methods are synchronous and do no locking: the server calls the ones that check a
-    condition and then change the store (``commit``, ``delete``, ``rename``) from its
-    event loop without awaiting in between, which makes each of them atomic with
-    respect to other requests.
+    Methods are synchronous. The ones that check a condition and then change an object
+    (``commit``, ``delete``, ``rename``) hold one lock throughout, so each is atomic with
+    respect to other requests and to listings running in worker threads.
     """
 
     def __init__(self, root: str | os.PathLike[str], namespace: str = DEFAULT_NAMESPACE) -> None:
@@ -189,6 +189,9 @@ class ObjectStore:
         for d in (self.tmp_dir, self.uploads_dir, self.objects_meta_dir, self.buckets_meta_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._meta_cache: dict[tuple[str, str], ObjectMeta] = {}
+        # held while an object is checked and changed, and while metadata derived from a
+        # file is recorded (listings run in worker threads)
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ names
 
@@ -252,26 +255,45 @@ class ObjectStore:
         cached = self._meta_cache.get(key)
         if cached is not None and cached.stamp == stamp:
             return cached
-        meta_path = self._meta_path(bucket, name)
         try:
-            meta = ObjectMeta.from_json(json.loads(meta_path.read_bytes()))
+            recorded = ObjectMeta.from_json(json.loads(self._meta_path(bucket, name).read_bytes()))
         except (OSError, ValueError, KeyError, TypeError, IndexError):
-            meta = None
-        if meta is None or meta.stamp != stamp:
-            # put there by hand, or changed behind the emulator's back
+            recorded = None
+        if recorded is not None and recorded.stamp == stamp:
+            self._meta_cache[key] = recorded
+            return recorded
+        return self._derive(bucket, name, path or self.object_path(bucket, name), st)
+
+    def _derive(self, bucket: str, name: str, path: Path, st: os.stat_result) -> ObjectMeta:
+        """Metadata for a file put there by hand or changed behind the emulator's back:
+        an ETag derived from its stat, its MD5 read from it. Recorded only if the file is
+        still the one that was read (a listing thread may race a write of the object)."""
+        stamp = _stamp(st)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise self.not_found(bucket, name) from None
+        with fh:
+            now = os.fstat(fh.fileno())
+            if _stamp(now) != stamp:  # replaced since it was looked at: describe it now
+                return self.meta(bucket, name, now, path)
             md5 = hashlib.md5(usedforsecurity=False)
-            with open(path or self.object_path(bucket, name), "rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    md5.update(chunk)
-            seed = f"{bucket}\0{name}\0{stamp}".encode("utf-8", "surrogatepass")
-            meta = ObjectMeta(
-                etag=str(uuid.UUID(bytes=hashlib.md5(seed, usedforsecurity=False).digest())),
-                md5=_b64(md5.digest()),
-                time_created=st.st_mtime,
-                stamp=stamp,
-            )
-            self._write_meta(bucket, name, meta)
-        self._meta_cache[key] = meta
+            while chunk := fh.read(_CHUNK):
+                md5.update(chunk)
+        seed = f"{bucket}\0{name}\0{stamp}".encode("utf-8", "surrogatepass")
+        meta = ObjectMeta(
+            etag=str(uuid.UUID(bytes=hashlib.md5(seed, usedforsecurity=False).digest())),
+            md5=_b64(md5.digest()),
+            time_created=st.st_mtime,
+            stamp=stamp,
+        )
+        with self._lock:
+            try:
+                unchanged = _stamp(path.stat()) == stamp
+            except OSError:
+                unchanged = False
+            if unchanged:
+                self._write_meta(bucket, name, meta)
         return meta
 
     def _write_meta(self, bucket: str, name: str, meta: ObjectMeta) -> None:
@@ -345,26 +367,27 @@ class ObjectStore:
     ) -> ObjectMeta:
         """Rename a staged body into place as object ``name`` (checking the conditions
         against the object there now); returns its new metadata."""
-        try:
-            path = self.object_path(bucket, name)
-            self.check_conditions(
-                self.current_etag(bucket, name), if_match, if_none_match, f"object '{name}'"
+        with self._lock:
+            try:
+                path = self.object_path(bucket, name)
+                self.check_conditions(
+                    self.current_etag(bucket, name), if_match, if_none_match, f"object '{name}'"
+                )
+                self._place(bucket, name, path, staged.path)
+            except BaseException:
+                staged.discard()
+                raise
+            st = path.stat()
+            meta = ObjectMeta(
+                etag=str(uuid.uuid4()),
+                md5=_b64(staged.md5),
+                time_created=st.st_mtime,
+                multipart_md5=staged.multipart_md5,
+                headers=headers,
+                stamp=_stamp(st),
             )
-            self._place(bucket, name, path, staged.path)
-        except BaseException:
-            staged.discard()
-            raise
-        st = path.stat()
-        meta = ObjectMeta(
-            etag=str(uuid.uuid4()),
-            md5=_b64(staged.md5),
-            time_created=st.st_mtime,
-            multipart_md5=staged.multipart_md5,
-            headers=headers,
-            stamp=_stamp(st),
-        )
-        self._write_meta(bucket, name, meta)
-        return meta
+            self._write_meta(bucket, name, meta)
+            return meta
 
     def _place(self, bucket: str, name: str, path: Path, source: str) -> None:
         """``os.replace`` a file to an object's path, making its folders; 409 when the
@@ -410,6 +433,10 @@ class ObjectStore:
             parent = parent.parent
 
     def delete(self, bucket: str, name: str, if_match: str | None = None) -> None:
+        with self._lock:
+            self._delete(bucket, name, if_match)
+
+    def _delete(self, bucket: str, name: str, if_match: str | None) -> None:
         found = self.stat_object(bucket, name)
         if found is None:
             raise self.not_found(bucket, name)
@@ -422,6 +449,10 @@ class ObjectStore:
         self._prune(self.bucket_dir(bucket), path)
 
     def rename(self, bucket: str, details: dict[str, Any]) -> ObjectMeta:
+        with self._lock:
+            return self._rename(bucket, details)
+
+    def _rename(self, bucket: str, details: dict[str, Any]) -> ObjectMeta:
         source = details.get("sourceName")
         new = details.get("newName")
         if not isinstance(source, str) or not isinstance(new, str) or not source or not new:
@@ -687,8 +718,8 @@ class ObjectStore:
         with contextlib.suppress(OSError):
             (self.buckets_meta_dir / f"{bucket}.json").unlink()
         shutil.rmtree(self.objects_meta_dir / bucket, ignore_errors=True)
-        for key in [k for k in self._meta_cache if k[0] == bucket]:
-            del self._meta_cache[key]
+        for key in [k for k in list(self._meta_cache) if k[0] == bucket]:
+            self._meta_cache.pop(key, None)
 
     # ------------------------------------------------------------------ multipart
 
