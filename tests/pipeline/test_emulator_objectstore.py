@@ -432,7 +432,9 @@ def test_without_os_root_object_storage_is_404(tmp_path: Path) -> None:
 def test_os_root_must_be_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a directory"):
         Emulator(os_root=tmp_path / "missing")
-    assert os.path.exists(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        Emulator(os_root=tmp_path / "file")
 
 
 def test_cli_serves_a_directory(tmp_path: Path) -> None:
