@@ -101,6 +101,8 @@ def _find(
     if client is not None:
         return find_oci(client, uri, path, pattern, deep=deep)
     info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        _missing_bucket(uri, fs, path)
     if pattern is None:
         if info.type == pafs.FileType.NotFound:
             raise SourceError(f"source {uri} does not exist")
@@ -118,6 +120,17 @@ def _find(
         if regex.match(f.rel) or (f.is_dir and f.error_class)
     )
     return found_files, path, False
+
+
+def _missing_bucket(uri: str, fs: pafs.FileSystem, path: str) -> None:
+    """Name the bucket when that is what is missing (object stores)."""
+    if isinstance(fs, pafs.LocalFileSystem) or not path.strip("/"):
+        return
+    bucket = path.strip("/").split("/", 1)[0]
+    if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise SourceError(
+            f"source {uri}: bucket {bucket} does not exist, or these credentials may not see it"
+        )
 
 
 def _is_dataset_file(found: FoundFile, single: bool) -> bool:
