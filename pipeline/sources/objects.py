@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 
 from pipeline import storage
 from pipeline.errors import AuthError, SourceError
-from pipeline.sources.location import FoundFile, relative, utc
+from pipeline.sources.location import FoundFile, compile_glob, relative, utc
 
 #: What the listing asks for each object (by default ListObjects returns names only).
 LIST_FIELDS = "name,size,etag,md5,timeModified"
@@ -217,10 +217,15 @@ def find_oci(
     if pattern is not None:
         prefix = dir_prefix + _literal_head(pattern)
         delimiter = None if deep else "/"
+        regex = compile_glob(pattern)
         files = (
-            _found(where, o, base)
-            for o in _list_pages(client, uri, where, prefix, delimiter)
-            if not o.name.endswith("/")
+            found
+            for found in (
+                _found(where, o, base)
+                for o in _list_pages(client, uri, where, prefix, delimiter)
+                if not o.name.endswith("/")
+            )
+            if regex.match(found.rel)
         )
         return files, where.path_of(base), False
     pages = _list_pages(client, uri, where, dir_prefix, None)
