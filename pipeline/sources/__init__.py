@@ -7,6 +7,12 @@ A source is a Parquet file, a directory holding a Parquet dataset, a glob of fil
 most ``batch_size`` documents plus a :class:`Failure` for every rejected input;
 :func:`read_source` reads them all, with duplicate ids detected across the whole source.
 
+Sources live anywhere :mod:`pipeline.storage` reaches: a local path, ``oci://`` (listed
+natively with paged ListObjects and read with one GetObject per object, see
+:mod:`.objects`), ``s3://`` or any fsspec URI. ``SourceOptions.modified_since`` /
+``modified_until`` keep only files and objects modified in that window; documents of
+files record their uri, time modified, size, etag and md5.
+
 A directory holding any Parquet file is a Parquet dataset: only its Parquet files are
 read. Names starting with ``.`` are skipped everywhere, and names starting with ``_``
 (``_SUCCESS``, ``_metadata``) in Parquet datasets.

@@ -131,6 +131,39 @@ def test_listing_pages_and_records_size_etag_md5_and_time_modified(
     assert deep.mtime is not None and datetime.fromisoformat(deep.mtime) == FEB
 
 
+def test_listing_is_a_stream_of_pages_fetched_as_consumed(
+    oci: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing never holds more than one page: the next page is asked for only when
+    the caller has taken every object of the previous one."""
+    bucket = oci.bucket({f"p/{i:02d}.txt": b"x" for i in range(10)})
+    monkeypatch.setattr(objects, "PAGE_SIZE", 2)
+    fs = storage.resolve(f"oci://{bucket}@{NS}/p", oci.settings).fs
+    client = objects.oci_client_of(fs)
+    before = oci.ops().get("ListObjects", 0)
+    files, root, single = objects.find_oci(
+        client, f"oci://{bucket}@{NS}/p", f"{bucket}@{NS}/p", None, deep=True
+    )
+    assert (root, single) == (f"{bucket}@{NS}/p", False)
+    assert oci.ops().get("ListObjects", 0) - before == 1  # the first page: errors surface now
+    taken = [next(files).rel for _ in range(3)]
+    assert taken == ["00.txt", "01.txt", "02.txt"]
+    assert oci.ops().get("ListObjects", 0) - before == 2
+    assert len(list(files)) == 7
+    assert oci.ops().get("ListObjects", 0) - before == 5
+
+
+def test_an_object_over_the_size_limit_is_refused_from_its_length(oci: Env) -> None:
+    bucket = oci.bucket({"big/large.txt": b"word " * 1000, "big/small.txt": b"short"})
+    units = list_units(f"oci://{bucket}@{NS}/big", SourceOptions())
+    docs, fails = _read(units, SourceOptions(max_doc_chars=100))
+    assert [d.doc_id for d in docs] == ["small.txt"]
+    (failure,) = fails
+    assert failure.error_class == "DocumentTooLarge"
+    assert failure.source == f"oci://{bucket}@{NS}/big/large.txt"
+    assert "5,000 bytes" in failure.message
+
+
 def test_documents_record_object_uri_etag_and_time_modified(oci: Env) -> None:
     bucket = oci.bucket(
         {
@@ -455,3 +488,31 @@ def test_cli_bad_bucket_and_bad_credentials_exit_2_before_any_model_call(
     assert "Traceback" not in res.stderr
     # no model call: the GenAI actions were never reached
     assert env.emu.stats()["actions"] == actions
+
+
+def test_access_withdrawn_between_plan_and_shard_stops_the_shard(oci: Env, tmp_path: Path) -> None:
+    """As an Airflow shard task would see it: the plan listed the bucket, then the policy
+    changed. The shard raises AuthError (permanent: no retries) and commits nothing."""
+    from pipeline.config import JobConfig
+    from pipeline.runner import plan, run_shard
+    from pipeline.tasks import is_permanent
+
+    bucket = oci.bucket({"s/a.txt": b"first object", "s/b.txt": b"second object"})
+    config = JobConfig(
+        source=f"oci://{bucket}@{NS}/s",
+        output=str(tmp_path / "out"),
+        backend="hash",
+        oci_config=oci.config_path,
+        os_endpoint=oci.emu.url,
+    )
+    (spec,) = plan(config)
+    oci.emu.denied_buckets.add(bucket)
+    try:
+        with pytest.raises(AuthError, match=f"bucket {bucket} in namespace {NS} \\(403") as caught:
+            run_shard(spec, config)
+    finally:
+        oci.emu.denied_buckets.discard(bucket)
+    assert is_permanent(caught.value)
+    assert not (tmp_path / "out" / "embeddings").exists() or not any(
+        (tmp_path / "out" / "embeddings").glob("*.parquet")
+    )
