@@ -115,7 +115,9 @@ def _run_parser(sub: Any) -> None:
 
 def _emulator_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "emulator", help="serve a local emulator of the OCI Generative AI inference API"
+        "emulator",
+        help="serve a local emulator of the OCI Generative AI inference API "
+        "(and of Object Storage with --os-root)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: pick a free port (printed)")

@@ -145,12 +145,26 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
         raise ConfigError("oci:// needs the ocifs package") from None
     signer, region = load_signer(settings)
     region = settings.region or region
+    config: dict[str, Any] = {}
+    if settings.auth == "api_key":
+        # the SDK's client checks the config for an API-key identity even when it is
+        # handed the signer (it waives that only for its token and principal signers);
+        # load_signer has just read the same profile, so this cannot fail differently
+        import oci
+
+        profile = oci.config.from_file(
+            file_location=settings.oci_config or oci.config.DEFAULT_LOCATION,
+            profile_name=settings.oci_profile,
+        )
+        # only the identity it checks, never the pass phrase: ocifs logs its config at DEBUG
+        config = {
+            k: profile[k] for k in ("user", "tenancy", "fingerprint", "key_file") if k in profile
+        }
+    if region:
+        config["region"] = region
     config_kwargs: dict[str, Any] = {}
     if settings.os_endpoint:
         config_kwargs["service_endpoint"] = settings.os_endpoint.rstrip("/")
-    config: dict[str, Any] = _api_key_profile(settings)
-    if region:
-        config["region"] = region
     try:
         fs = ocifs.OCIFileSystem(
             config=config,
@@ -165,22 +179,6 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
             f"({type(exc).__name__}: {_short(exc)})"
         ) from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
-def _api_key_profile(settings: StorageSettings) -> dict[str, Any]:
-    """What the SDK's ObjectStorageClient checks of an API-key profile even when it is
-    given the signer made from it (user, tenancy, fingerprint, key_file): those values
-    only, never the pass phrase (ocifs logs its config at DEBUG). Other auth modes'
-    signers stand alone. ``load_signer`` has read and checked the file already."""
-    if settings.auth != "api_key":
-        return {}
-    import oci
-
-    profile = oci.config.from_file(
-        file_location=settings.oci_config or oci.config.DEFAULT_LOCATION,
-        profile_name=settings.oci_profile,
-    )
-    return {k: profile[k] for k in ("user", "tenancy", "fingerprint", "key_file") if k in profile}
 
 
 def fsspec_of(fs: pafs.FileSystem) -> Any | None:

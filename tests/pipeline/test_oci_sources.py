@@ -516,3 +516,44 @@ def test_access_withdrawn_between_plan_and_shard_stops_the_shard(oci: Env, tmp_p
     assert not (tmp_path / "out" / "embeddings").exists() or not any(
         (tmp_path / "out" / "embeddings").glob("*.parquet")
     )
+
+
+def test_the_pass_phrase_of_a_key_never_reaches_the_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ocifs logs the config it is given at DEBUG (``-v``): only the identity goes in."""
+    import logging
+
+    from cryptography.hazmat.primitives import serialization
+
+    from pipeline.genai.emulator.devconfig import fingerprint, new_key, write_profile
+
+    phrase = "correct-horse-battery-staple-" + uuid.uuid4().hex
+    key = new_key()
+    key_path = tmp_path / "key.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.BestAvailableEncryption(phrase.encode()),
+        )
+    )
+    config_path = tmp_path / "oci_config"
+    write_profile(
+        config_path,
+        "DEFAULT",
+        {
+            "user": "ocid1.user.oc1..aaaatest",
+            "tenancy": "ocid1.tenancy.oc1..aaaatest",
+            "fingerprint": fingerprint(key),
+            "key_file": str(key_path),
+            "pass_phrase": phrase,
+            "region": "us-chicago-1",
+        },
+    )
+    settings = StorageSettings(oci_config=str(config_path), os_endpoint="http://127.0.0.1:9")
+    with caplog.at_level(logging.DEBUG):
+        resolved = storage.resolve("oci://b@ns/docs", settings)
+    assert objects.oci_client_of(resolved.fs) is not None
+    assert "ocid1.user.oc1..aaaatest" in caplog.text  # ocifs did log its config
+    assert phrase not in caplog.text
