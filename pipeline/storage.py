@@ -152,10 +152,14 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
         # load_signer has just read the same profile, so this cannot fail differently
         import oci
 
-        config = oci.config.from_file(
+        profile = oci.config.from_file(
             file_location=settings.oci_config or oci.config.DEFAULT_LOCATION,
             profile_name=settings.oci_profile,
         )
+        # only the identity it checks, never the pass phrase: ocifs logs its config at DEBUG
+        config = {
+            k: profile[k] for k in ("user", "tenancy", "fingerprint", "key_file") if k in profile
+        }
     if region:
         config["region"] = region
     config_kwargs: dict[str, Any] = {}
