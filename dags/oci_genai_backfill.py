@@ -16,7 +16,9 @@ Tasks:
 
 With `backend: oci` the `conn_id` connection (type `oci_genai`) supplies credentials, region,
 endpoints, compartment and default models and limits; `local` (the embedded default) and
-`hash` need no connection. `dry_run: true` only counts documents, characters and cost.
+`hash` need no connection. `dry_run: true` only counts (documents, chunks, characters,
+embed and chat requests) and prints the estimated cost (from `prices`) and the expected
+duration at `max_rpm` / `max_tpm`; it makes no model call.
 
 A prefix or date-range backfill: put the prefix in `source`
 (`oci://bucket@namespace/docs/2026/`), narrow by name with `glob` (`*.jsonl`) and by time
@@ -76,6 +78,10 @@ def _opt(kind: str, description: str, **schema: Any) -> Param:
         "max_in_flight": _opt("integer", "Concurrent requests per shard"),
         "dry_run": Param(False, type="boolean", description="Count and price only"),
         "price_per_million_chars": _opt("number", "Price per million characters embedded"),
+        "prices": _opt(
+            "object",
+            'Price per million characters by model id, e.g. {"cohere.embed-v4.0": 0.1}',
+        ),
         "max_cost": _opt("number", "Refuse to start above this estimated cost"),
         "conn_id": Param("oci_genai_default", type="string", description="oci_genai connection"),
     },

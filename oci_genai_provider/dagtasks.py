@@ -127,7 +127,7 @@ def plan(variable: str | None = None, defaults: dict[str, Any] | None = None) ->
         # the shard tasks share the pool: each takes 1/slots of the limits (unless Redis)
         planned = core.plan_job(conf, overrides={"concurrent_shards": POOL_SLOTS, **overrides})
     if planned.get("dry_run"):
-        log.info("dry run, nothing sent: %s", planned["preview"])
+        log.info("%s", planned["preview"]["text"])
     else:
         log.info("run %s: %s", planned["run_id"], planned["counts"])
     for key, value in planned.items():

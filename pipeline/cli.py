@@ -100,7 +100,12 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_const", const=True, default=None)
     p.add_argument("--retry-failed", action="store_const", const=True, default=None)
     p.add_argument("--run-id")
-    p.add_argument("--price-per-million-chars", type=float)
+    p.add_argument("--price-per-million-chars", type=float, help="of the embedding model")
+    p.add_argument(
+        "--prices",
+        help="price per million characters by model: MODEL=PRICE,MODEL=PRICE (or JSON)",
+    )
+    p.add_argument("--currency", help="of the prices, for display (USD)")
     p.add_argument("--max-cost", type=float, help="refuse to start above this estimated cost")
     p.add_argument("--progress", dest="progress", action="store_const", const=True)
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
@@ -278,11 +283,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     if config.dry_run:
-        preview = runner.dry_run(config)
-        print(
-            f"dry run: {preview['documents']} documents, {preview['characters']} characters,"
-            f" {preview['rejected']} rejected; estimated cost: {preview['estimated_cost']}"
-        )
+        from pipeline.preview import preview
+
+        print(preview(config).text())
         return EXIT_OK
     progress = _Progress(config.progress if config.progress is not None else sys.stderr.isatty())
 

@@ -138,6 +138,11 @@ class JobConfig:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     run_id: str = field(default_factory=new_run_id)
     price_per_million_chars: float | None = None
+    # price per million characters by model id (embedding and summary models; OCI bills
+    # on-demand models by characters); price_per_million_chars stands for the embedding
+    # model when it is not in the table. Shown in the dry run, checked by max_cost
+    prices: dict[str, float] | None = None
+    currency: str = "USD"
     max_cost: float | None = None
     # OCI
     oci_config: str | None = None
@@ -197,8 +202,10 @@ class JobConfig:
                 f"redis_url: {redact_url(self.redis_url)!r} is not a Redis URL (it must start"
                 f" with {', '.join(s + '://' for s in REDIS_SCHEMES)})"
             )
-        if self.max_cost is not None and self.price_per_million_chars is None:
-            raise ConfigError("max_cost: needs price_per_million_chars to estimate a cost")
+        if self.max_cost is not None and self.price_per_million_chars is None and not self.prices:
+            raise ConfigError(
+                "max_cost: needs prices (or price_per_million_chars) to estimate a cost"
+            )
         self._check_window()
 
     def _check_window(self) -> None:
@@ -236,6 +243,11 @@ class JobConfig:
             value = getattr(self, name)
             if value is not None and (not _finite(value) or value < 0):
                 raise ConfigError(f"{name}: must be a finite number of at least 0, got {value!r}")
+        for model, price in (self.prices or {}).items():
+            if not _finite(price) or price < 0:
+                raise ConfigError(
+                    f"prices: {model}: must be a finite number of at least 0, got {price!r}"
+                )
         if not isinstance(self.run_id, str) or not RUN_ID_PATTERN.fullmatch(self.run_id):
             raise ConfigError(
                 f"run_id: {self.run_id!r} is not allowed: 1 to 64 letters, digits, '.', '_'"
@@ -378,6 +390,29 @@ def format_instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _prices(value: Any) -> dict[str, float]:
+    """A price table: a mapping, its JSON text, or ``model=price,model=price``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            import json
+
+            value = json.loads(text)
+        else:
+            pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError(value)
+            value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, Mapping):
+        raise TypeError(value)
+    out: dict[str, float] = {}
+    for model, price in value.items():
+        if isinstance(price, bool):
+            raise ValueError(price)
+        out[str(model)] = float(price)
+    return out
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -385,6 +420,8 @@ def _finite(value: object) -> bool:
 def _coerce(key: str, value: Any, annotation: Any, origin: str) -> Any:
     text = str(annotation)
     try:
+        if text.startswith("dict"):
+            return _prices(value)
         if "tuple" in text:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())

@@ -39,7 +39,7 @@ MAPREDUCE_VERSION = "1"
 MAX_LEVELS = 6
 #: a budget below this leaves too little room for any text (a setting error)
 MIN_BUDGET = 64
-_JOIN = "\n\n"
+JOIN = "\n\n"
 # pieces are aimed a little under the budget, so the count check rarely has to re-cut
 _FILL = 0.95
 
@@ -140,7 +140,7 @@ async def summarize_document(
         level = await _map(pieces, one)
         done.extend(level)
         # each piece summary at most half its piece: every level shrinks the text
-        current = _JOIN.join(
+        current = JOIN.join(
             _shorten(r.summary.strip(), len(p) // 2) for p, r in zip(pieces, level, strict=True)
         )
         if count_tokens(current) <= input_budget:

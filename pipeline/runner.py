@@ -26,7 +26,7 @@ from pipeline.genai.base import Backend
 from pipeline.lease import run_lease, shard_lease
 from pipeline.models import PIPELINE_VERSION
 from pipeline.preflight import preflight
-from pipeline.report import RunReport, ShardReport, estimate_cost
+from pipeline.report import RunReport, ShardReport
 from pipeline.shard import run_shard_stages
 from pipeline.sinks import OutputStore
 from pipeline.sources import SourceOptions, SourceUnit, find_duplicates, list_units
@@ -242,37 +242,31 @@ def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, 
 
 
 def dry_run(config: JobConfig) -> dict[str, Any]:
-    """Count what a run would send (documents, characters) and what it would cost."""
-    storage.configure(config)
-    from pipeline.sources import read_source
+    """What a run would send (documents, chunks, characters, embed and chat requests),
+    cost and take at the configured limits, without a model call
+    (:func:`pipeline.preview.preview`, as JSON)."""
+    from pipeline.preview import preview
 
-    docs = chars = rejected = 0
-    for batch in read_source(config.source, source_options(config)):
-        docs += len(batch.documents)
-        rejected += len(batch.failures)
-        chars += sum(len(d.text) for d in batch.documents)
-    return {
-        "documents": docs,
-        "rejected": rejected,
-        "characters": chars,
-        "estimated_cost": estimate_cost(chars, config.price_per_million_chars),
-    }
+    return preview(config).to_json()
 
 
 def check_cost_ceiling(config: JobConfig) -> None:
-    """With ``max_cost`` set, refuse to start when the source's characters would cost more.
+    """With ``max_cost`` set, refuse to start when what the run would send costs more.
 
     The estimate counts every valid document (not only unfinished ones), so it is an upper
-    bound of what the run can spend on embeddings."""
+    bound of what the run can spend on the priced models."""
     if config.max_cost is None:
         return
-    preview = dry_run(config)
-    cost = preview["estimated_cost"]
-    if cost is not None and cost > config.max_cost:
+    from pipeline.preview import format_money, preview
+
+    p = preview(config)
+    if p.estimated_cost is not None and p.estimated_cost > config.max_cost:
         raise ConfigError(
-            f"max_cost: the source holds {preview['characters']} characters, an estimated"
-            f" {cost} at {config.price_per_million_chars} per million; over the ceiling"
-            f" {config.max_cost}"
+            f"max_cost: the source holds {p.characters} characters ({p.embed_characters}"
+            f" in {p.embed_requests} embed requests, {p.summary_characters} in"
+            f" {p.summary_requests} summary requests), an estimated"
+            f" {format_money(p.estimated_cost, p.currency)}; over the ceiling"
+            f" {format_money(config.max_cost, p.currency)}"
         )
 
 

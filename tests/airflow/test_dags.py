@@ -34,7 +34,7 @@ def test_backfill_params_are_jobconfig_settings(dagbag) -> None:
     assert {
         "source", "output", "glob", "modified_since", "modified_until", "backend",
         "embed_model", "summary_model", "output_dimensions", "summaries", "shards", "max_rpm",
-        "max_tpm", "max_in_flight", "dry_run", "price_per_million_chars", "max_cost",
+        "max_tpm", "max_in_flight", "dry_run", "price_per_million_chars", "prices", "max_cost",
     } == names  # fmt: skip
     assert "ISO 8601" in dag.params.get_param("modified_since").description
     assert dag.params["backend"] == "local"

@@ -74,7 +74,7 @@ def test_dry_run_makes_no_output(tmp_path, stdlib_docs) -> None:
         "1.0",
     )
     assert res.returncode == 0, res.stderr
-    assert f"10 documents, {chars} characters" in res.stdout
+    assert f"10 documents, {chars:,} characters" in res.stdout
     assert not (tmp_path / "o").exists()
 
 
