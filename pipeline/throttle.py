@@ -165,7 +165,8 @@ class PaceState:
     #: when the last cut was (-inf: never)
     cut_at: float = -math.inf
     cuts: int = 0
-    #: 1 when ``limit`` was measured between two 429s (exact), 0 when it is an upper bound
+    #: 1 once the service's rate was measured between two 429s (exact); 0 while ``limit``
+    #: is only an upper bound (the first 429s of a run)
     exact: float = 0.0
     #: requests wait until then (a server's Retry-After)
     paused_until: float = -math.inf
@@ -208,10 +209,10 @@ class Pacing:
     slow_start_growth: float = 0.25
     cut: float = 0.9
     first_cut: float = 0.5
-    plateau: float = 0.97
+    plateau: float = 0.95
     ramp_s: float = 3.0
     first_ramp_s: float = 8.0
-    hold_requests: float = 60.0
+    hold_requests: float = 100.0
     probe: float = 0.01
     cut_interval: float = 1.0
     window_s: float = 5.0
@@ -275,7 +276,8 @@ class Pacing:
             limit=max(self.min_rps, base),
             cut_at=now,
             cuts=state.cuts + 1,
-            exact=1.0 if exact else 0.0,
+            # once measured, a later cut starts from the lower of that and the rate in force
+            exact=1.0 if exact or state.exact else 0.0,
         )
 
     @staticmethod
@@ -296,7 +298,8 @@ def measure_rate(
     keep coming (no gap over ``pacing.max_gap`` between them, so the bucket never had
     time to fill up), the service lets through exactly what it refills: the successes
     sent since the first 429 of that run, over the time since, are its rate (to within
-    one request; measured when that is at least ``pacing.min_span`` ago). Otherwise (the
+    one request, so the upper end is taken; measured when that is at least
+    ``pacing.min_span`` ago). Otherwise (the
     first 429s of a run) the successes of the last ``pacing.window_s``: an upper bound,
     as it may hold the service's burst. Returns (rate, exact), or None with too few
     answers to tell."""
@@ -310,7 +313,9 @@ def measure_rate(
     if sent - start >= pacing.min_span:
         n = sum(1 for t in successes if start < t <= sent)
         if n >= 3:
-            return n / (sent - start), True
+            # within one request: the upper end, so that a short run errs towards the
+            # next 429, whose longer run measures better, not towards a lasting shortfall
+            return (n + 1) / (sent - start), True
     inside = [t for t in successes if sent - pacing.window_s < t <= sent]
     if len(inside) < 3:
         return None

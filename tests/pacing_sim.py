@@ -1,7 +1,8 @@
 """The call layer against a rate-limited service, on virtual time.
 
 A token bucket like the emulator's (``rpm`` per minute, ``burst_s`` seconds' worth, the
-check on arrival), an answer after a gamma-distributed latency, and the real ``Caller``
+check on arrival, a 429 answered at once), an accepted request answered after a
+gamma-distributed latency, and the real ``Caller``
 and ``RateBudget`` sending ``requests`` requests with up to ``in_flight`` at once, as the
 call stage does. Everything waits on the event loop's virtual clock, so a 150-second job
 takes a fraction of a second and the same seed gives the same run.
@@ -100,10 +101,12 @@ class _Backend:
         return {"backend": self.name}
 
     async def embed(self, texts: list[str]) -> EmbedResult:
-        ok = self.service.admit()
-        await asyncio.sleep(self.service.latency())
-        if not ok:
+        # the check on arrival; a 429 is answered at once (as the emulator and a gateway
+        # do), an accepted request after the latency
+        if not self.service.admit():
+            await asyncio.sleep(0.002)
             raise ThrottledError("Too many requests", status=429, code="TooManyRequests")
+        await asyncio.sleep(self.service.latency())
         return EmbedResult(np.zeros((len(texts), self.dim), np.float32), [False] * len(texts), "1")
 
     async def aclose(self) -> None:

@@ -139,10 +139,10 @@ def test_measure_rate_between_two_429s_is_exact() -> None:
     # 429s at 10.9 and 13.1, this one at 16.05: no gap over max_gap (3 s) between them,
     # so the service's bucket stayed empty: it let through what it refilled since 10.9
     rate, exact = measure_rate(successes, [10.9, 13.1], 16.05, pacing)  # type: ignore[misc]
-    assert exact and rate == pytest.approx(11 / 5.15)
+    assert exact and rate == pytest.approx((11 + 1) / 5.15)
     # a gap longer than max_gap breaks the run: only 13.1 counts
     rate, exact = measure_rate(successes, [5.0, 13.1], 16.05, pacing)  # type: ignore[misc]
-    assert exact and rate == pytest.approx(6 / 2.95)
+    assert exact and rate == pytest.approx((6 + 1) / 2.95)
     # no earlier 429 far enough back: the window's rate, an upper bound
     rate, exact = measure_rate(successes, [15.5], 16.05, pacing)  # type: ignore[misc]
     assert not exact and rate == pytest.approx(10 / (16.05 - 11.5))
@@ -224,19 +224,23 @@ def test_make_budget_paces_a_remote_service_and_not_a_local_model() -> None:
 # ------------------------------------------------------------ the Caller on virtual time
 
 
-@pytest.mark.parametrize(
-    ("requests", "min_share", "max_throttled"), [(100, 0.9, 0.08), (300, 0.95, 0.05)]
-)
+@pytest.mark.parametrize(("requests", "min_share"), [(100, 0.90), (300, 0.95)])
 def test_adaptive_pacing_converges_on_a_short_job_and_a_long_one(
-    requests: int, min_share: float, max_throttled: float
+    requests: int, min_share: float
 ) -> None:
-    """No limit configured; the service allows 120 requests/min (a 2 s bucket) and
-    answers in ~200 ms: the 50 s and the 150 s jobs of bench/bench_pacing.py, in the
-    Caller with the real budget, on virtual time. (The 429 share allowed is above the
-    issue's 5 % aim for the short job: this model of the service throttles a little
-    more than the emulator does; bench_pacing.py measures the real thing.)"""
+    """No limit configured; the service allows 120 requests/min (a 2 s bucket, a 429
+    answered at once) and answers in ~200 ms: the 50 s and the 150 s jobs of
+    bench/bench_pacing.py, through the Caller and the real budget, on virtual time. The
+    issue's aim: at least 0.90 of the limit with at most 5 % of requests throttled."""
     for seed in range(3):
         r = simulate(rpm=120, requests=requests, seed=seed)
         assert r.failed == 0
         assert r.share >= min_share, (seed, r)
-        assert r.throttled_share <= max_throttled, (seed, r)
+        assert r.throttled_share <= 0.05, (seed, r)
+
+
+def test_without_pacing_the_same_job_is_throttled_far_more() -> None:
+    """The same short job unpaced until its first 429 (what the pipeline did before a
+    remote service was slow-started): the test above can fail."""
+    r = simulate(rpm=120, requests=100, seed=0, pacing=Pacing(start_rps=None))
+    assert r.throttled_share > 0.08
