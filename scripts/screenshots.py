@@ -1,6 +1,6 @@
 """Remake the README's screenshots from a real local Airflow (not part of ``make test``).
 
-    .venv/bin/python scripts/screenshots.py [--docs docs] [--shards 4] [--max-rpm 3]
+    .venv/bin/python scripts/screenshots.py [--docs docs] [--shards 4] [--max-rpm 12]
 
 What it does, in order (about two to three minutes on 2 cores):
 1. writes a small corpus, the demo corpus split into four Parquet files, to
@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where the PNGs go")
     parser.add_argument("--parts", type=int, default=4, help="Parquet files in the corpus")
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--max-rpm", type=int, default=3, help="per shard; paces the run")
+    parser.add_argument(
+        "--max-rpm", type=int, default=12, help="the job's, 1/4 per shard task; paces the run"
+    )
     parser.add_argument("--backend", default="hash", choices=["hash", "local"])
     args = parser.parse_args(argv)
     docs = Path(args.docs)
