@@ -524,13 +524,14 @@ class RateBudget:
     # -------------------------------------------------------------- waiting
 
     async def _paced(self, tokens: int) -> None:
-        state = await self._guarded_load()
-        while state.paused_until > self.clock():
-            await self.sleep(state.paused_until - self.clock())
-            state = await self._guarded_load()
-        async with self._turns["requests"]:
+        async with self._turns["requests"]:  # the others queue here, in order
             while True:
-                rate = self.pacing.rate(state, self.clock(), self.ceiling_rps())
+                state = await self._guarded_load()
+                now = self.clock()
+                if state.paused_until > now:  # a Retry-After holds every request
+                    await self.sleep(state.paused_until - now)
+                    continue
+                rate = self.pacing.rate(state, now, self.ceiling_rps())
                 if rate is None:
                     break
                 # 1,000 requests per 1e6/rate ms: one every 1e6/rate microseconds (GCRA
@@ -540,7 +541,6 @@ class RateBudget:
                 if wait <= 0:
                     break
                 await self.sleep(wait)
-                state = await self._guarded_load()
         tpm = self.ceiling_tpm()
         if tpm and tokens > 0:
             burst = max(1, round(tpm * TOKEN_BURST_S / 60.0))

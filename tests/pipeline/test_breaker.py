@@ -305,10 +305,12 @@ class Scripted:
 
 
 def _caller(backend: Scripted, attempts: int = 4) -> Caller:
-    async def sleep(s: float) -> None:
-        return None
+    now = [0.0]
 
-    budget = RateBudget(max_in_flight=16, sleep=sleep)
+    async def sleep(s: float) -> None:  # fake time: the clock moves only by sleeping
+        now[0] += s
+
+    budget = RateBudget(max_in_flight=16, clock=lambda: now[0], sleep=sleep)
     return Caller(backend, budget, max_attempts=attempts)
 
 

@@ -52,10 +52,15 @@ class Scripted:
 
 
 def _caller(backend: Scripted, slept: list[float], attempts: int = 4) -> Caller:
+    """A Caller on fake time: one clock/sleep pair for the budget and the retries, the
+    clock moved only by sleeping."""
+    now = [0.0]
+
     async def sleep(s: float) -> None:
         slept.append(s)
+        now[0] += s
 
-    budget = RateBudget(max_in_flight=4, sleep=sleep)
+    budget = RateBudget(max_in_flight=4, clock=lambda: now[0], sleep=sleep)
     return Caller(backend, budget, max_attempts=attempts)
 
 
@@ -293,3 +298,43 @@ def test_failures_record_the_tries_really_made() -> None:
     out, failures = asyncio.run(caller.embed_request(_texts(2), [1, 1]))
     assert out == [None, None]
     assert [f.attempts for f in failures] == [1, 1]  # permanent: tried once, not five times
+
+
+def test_a_shard_waits_out_retry_after_on_fake_time(tmp_path) -> None:
+    """A whole shard through run_shard, its budget on fake time: the service answers the
+    first three requests 429 with Retry-After: 30 s. Every wait (the budget's hold, the
+    retries' back-off) is on the one clock/sleep pair, so the shard ends at once in real
+    time, 90 s or more later on its own clock, with every document done."""
+    import time
+
+    from pipeline.config import JobConfig
+    from pipeline.runner import commit, plan, run_shard
+    from tests.conftest import write_corpus
+
+    docs = [{"doc_id": f"d{i}", "text": f"Document {i} says something."} for i in range(30)]
+    write_corpus(str(tmp_path / "docs.parquet"), docs)
+
+    def script(n: int, texts: list[str]) -> None:
+        if n <= 3:
+            raise ThrottledError("slow down", status=429, retry_after=30.0, request_id=f"T{n}")
+
+    now = [0.0]
+
+    async def sleep(s: float) -> None:
+        now[0] += s
+        await asyncio.sleep(0)
+
+    budget = RateBudget(max_in_flight=4, clock=lambda: now[0], sleep=sleep)
+    config = JobConfig(
+        source=str(tmp_path / "docs.parquet"),
+        output=str(tmp_path / "out"),
+        backend="hash",
+        summaries=False,
+    )
+    started = time.monotonic()
+    (spec,) = plan(config)
+    report = commit(config, [run_shard(spec, config, backend=Scripted(script), budget=budget)])
+    assert time.monotonic() - started < 20  # no real 90 s wait
+    assert now[0] >= 90.0
+    assert report["counts"]["documents_completed"] == 30
+    assert report["calls"]["throttled"] == 3 and report["calls"]["retries"] == 3
