@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 TOKEN_BURST_S = 6.0
 #: the longest a server's Retry-After holds requests back
 MAX_RETRY_AFTER_S = 120.0
+#: a request is this many units of the request bucket, which tolerates REQUEST_SLACK
+#: more: a request may go up to a tenth of its interval early, so that one woken a little
+#: late (a busy event loop) does not push every later one back; never more than one
+#: request and a tenth beyond the rate over any time
+REQUEST_UNITS = 10
+REQUEST_SLACK = 1
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -408,6 +414,19 @@ class LocalStore:
         return None
 
 
+def _request_rate(rate: float) -> list[Rate]:
+    """The request bucket's rate: ``rate`` requests/s, in units (see REQUEST_UNITS).
+    10,000 units per 1e6/rate ms: 1,000 requests, one every 1e6/rate microseconds (GCRA
+    counts whole microseconds), the interval rounded up so never faster than ``rate``."""
+    return [
+        Rate(
+            1000 * REQUEST_UNITS,
+            max(1, math.ceil(1e6 / rate)),
+            burst=REQUEST_UNITS + REQUEST_SLACK,
+        )
+    ]
+
+
 class StoreUnavailable(Exception):
     """A shared store cannot be reached; the budget falls back to its local share."""
 
@@ -534,10 +553,7 @@ class RateBudget:
                 rate = self.pacing.rate(state, now, self.ceiling_rps())
                 if rate is None:
                     break
-                # 1,000 requests per 1e6/rate ms: one every 1e6/rate microseconds (GCRA
-                # counts in whole microseconds), rounded up so never faster than ``rate``
-                rates = [Rate(1000, max(1, math.ceil(1e6 / rate)), burst=1)]
-                wait = await self._check("requests", rates, 1)
+                wait = await self._check("requests", _request_rate(rate), REQUEST_UNITS)
                 if wait <= 0:
                     break
                 await self.sleep(wait)
