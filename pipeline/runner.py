@@ -255,11 +255,13 @@ def check_cost_ceiling(config: JobConfig) -> None:
 
 def prepare(config: JobConfig) -> list[ShardSpec]:
     """Everything that must hold before any paid call, for the CLI and the Airflow plan
-    task alike: the source plans (``plan``), its cost is under the ceiling
-    (``check_cost_ceiling``), the output is writable (``preflight``). Returns the specs."""
+    task alike: the output is writable (``preflight``: first, as planning may write the
+    run's duplicate ids into it), the source plans (``plan``), its cost is under the
+    ceiling (``check_cost_ceiling``). Returns the specs."""
+    storage.configure(config)
+    preflight(config)
     specs = plan(config)
     check_cost_ceiling(config)
-    preflight(config)
     return specs
 
 

@@ -155,6 +155,9 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
             region=region,
             config_kwargs=config_kwargs,
             skip_instance_cache=True,
+            # every listing asks the store: other processes write the same prefixes
+            # (a long-lived reader, the runs page, would otherwise never see new files)
+            use_listings_cache=False,
         )
     except Exception as exc:
         raise ConfigError(
