@@ -115,6 +115,14 @@ def _emulator_parser(sub: Any) -> None:
         metavar="DIR",
         help="write a new API key and OCI config profile for development into DIR, and exit",
     )
+    p.add_argument(
+        "--os-root",
+        metavar="DIR",
+        help="also serve Object Storage: each subdirectory of DIR is a bucket, its files objects",
+    )
+    p.add_argument(
+        "--os-namespace", default="emulator", help="the Object Storage namespace (emulator)"
+    )
     p.add_argument("--embedder", choices=("local", "hash"), default="local")
     p.add_argument("--dim", type=int, help="embedding size instead of the model's default")
     p.add_argument("--rpm", type=int, help="requests per minute (a token bucket)")
