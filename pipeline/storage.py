@@ -148,9 +148,12 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
     config_kwargs: dict[str, Any] = {}
     if settings.os_endpoint:
         config_kwargs["service_endpoint"] = settings.os_endpoint.rstrip("/")
+    config: dict[str, Any] = _api_key_profile(settings)
+    if region:
+        config["region"] = region
     try:
         fs = ocifs.OCIFileSystem(
-            config={"region": region} if region else {},
+            config=config,
             signer=signer,
             region=region,
             config_kwargs=config_kwargs,
@@ -165,6 +168,22 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
             f"({type(exc).__name__}: {_short(exc)})"
         ) from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _api_key_profile(settings: StorageSettings) -> dict[str, Any]:
+    """What the SDK's ObjectStorageClient checks of an API-key profile even when it is
+    given the signer made from it (user, tenancy, fingerprint, key_file): those values
+    only, never the pass phrase (ocifs logs its config at DEBUG). Other auth modes'
+    signers stand alone. ``load_signer`` has read and checked the file already."""
+    if settings.auth != "api_key":
+        return {}
+    import oci
+
+    profile = oci.config.from_file(
+        file_location=settings.oci_config or oci.config.DEFAULT_LOCATION,
+        profile_name=settings.oci_profile,
+    )
+    return {k: profile[k] for k in ("user", "tenancy", "fingerprint", "key_file") if k in profile}
 
 
 def fsspec_of(fs: pafs.FileSystem) -> Any | None:
