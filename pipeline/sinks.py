@@ -43,7 +43,14 @@ import pyarrow.parquet as pq
 
 from pipeline.conditional import Conditional, conditional_for
 from pipeline.errors import ConfigError
-from pipeline.storage import OCI_SCHEMES, Resolved, fsspec_of, resolve, scheme_of
+from pipeline.storage import (
+    OCI_SCHEMES,
+    Resolved,
+    StorageSettings,
+    fsspec_of,
+    resolve,
+    scheme_of,
+)
 
 #: where an ObjectStore stages parts before their commit
 STAGING = "_state/staging"
@@ -55,9 +62,9 @@ def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str, bool]:
     return where.fs, where.path, where.local
 
 
-def _resolve_output(uri: str) -> Resolved:
+def _resolve_output(uri: str, settings: StorageSettings | None = None) -> Resolved:
     try:
-        return resolve(uri)
+        return resolve(uri, settings)
     except ConfigError as exc:
         raise ConfigError(f"output {exc}") from None
 
@@ -92,33 +99,44 @@ class OutputStore:
     """Relative paths under one output root, with atomic writes: the store interface.
 
     ``OutputStore(uri)`` returns the implementation the URI needs (``LocalStore`` or
-    ``ObjectStore``); ``filesystem`` overrides the filesystem the URI would resolve to.
+    ``ObjectStore``); ``filesystem`` overrides the filesystem the URI would resolve to,
+    ``settings`` the process's storage settings (``pipeline.storage.configure``).
     The staging methods (``temp_name``, ``staged_files``, ``publish``, ``write_json``)
     are each implementation's own."""
 
     local: bool
     _resolved: Resolved | None
 
-    def __new__(cls, uri: str, filesystem: pafs.FileSystem | None = None) -> OutputStore:
+    def __new__(
+        cls,
+        uri: str,
+        filesystem: pafs.FileSystem | None = None,
+        settings: StorageSettings | None = None,
+    ) -> OutputStore:
         where = None
         if cls is OutputStore:
             if filesystem is not None:
                 local = isinstance(filesystem, pafs.LocalFileSystem)
             else:
-                where = _resolve_output(uri)
+                where = _resolve_output(uri, settings)
                 local = where.local
             cls = LocalStore if local else ObjectStore
         store = super().__new__(cls)
         store._resolved = where  # resolved once: __init__ takes it
         return store
 
-    def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        filesystem: pafs.FileSystem | None = None,
+        settings: StorageSettings | None = None,
+    ) -> None:
         self.uri = uri
         if filesystem is not None:
             self.fs, self.root = filesystem, uri.split("://", 1)[-1].rstrip("/")
             self.scheme = scheme_of(uri)
         else:
-            where = self.__dict__.pop("_resolved", None) or _resolve_output(uri)
+            where = self.__dict__.pop("_resolved", None) or _resolve_output(uri, settings)
             self.fs, self.root, self.scheme = where.fs, where.path, where.scheme
         #: names this writer's staged files; commit records carry it (``writer``)
         self.writer = secrets.token_hex(6)

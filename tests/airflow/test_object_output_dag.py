@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import configparser
 import json
+import sys
+from pathlib import Path
+from typing import Any
 
 import pyarrow.dataset as ds
 
@@ -54,6 +57,8 @@ def test_backfill_to_an_oci_output_signed_with_the_connection(
         dr = dagbag.get_dag("oci_genai_backfill").test(run_conf=conf)
         ops = emu.stats()["object_storage"]
         unauthenticated = emu.stats()["unauthenticated"]
+        # the runs page reads the run from the bucket with the run's settings and key
+        card = _runs_page_card(dr)
     assert dr.state == DagRunState.SUCCESS, task_instances(dr)
     assert unauthenticated == 0  # every request was signed with the connection's key
     assert ops.get("CreateBucket", 0) == 0
@@ -65,3 +70,20 @@ def test_backfill_to_an_oci_output_signed_with_the_connection(
     table = ds.dataset(str(out / "embeddings"), format="parquet").to_table(columns=["doc_id"])
     assert set(table["doc_id"].to_pylist()) == {d["doc_id"] for d in stdlib_docs[:30]}
     assert not list((out / "_state").glob("staging/**/*.tmp"))
+
+    assert card.note is None and card.view is not None, card.note
+    assert card.view["state"] == "committed"
+    assert card.view["totals"]["shards_done"] == 2
+    assert card.view["outputs"]["embeddings"]["files"] >= 2
+
+
+def _runs_page_card(dr: Any) -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
+    from airflow.utils.session import create_session
+    from oci_genai_runs import run_card
+
+    from pipeline import storage
+
+    storage.configure(storage.StorageSettings())  # the api-server has no job's settings
+    with create_session() as session:
+        return run_card(session, dr)
