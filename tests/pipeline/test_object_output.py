@@ -630,3 +630,53 @@ def test_a_forbidden_oci_bucket_is_named_before_any_model_call(
     finally:
         oci_emulator.emu.denied_buckets.discard(bucket.name)
         storage.configure(StorageSettings())
+
+
+# ---------------------------------------------------------------------- session tokens
+
+
+def test_a_session_token_profile_writes_to_oci_and_follows_a_refreshed_token(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auth security_token (``oci session authenticate``): ocifs's SDK client signs with
+    the token the file holds at each request (the emulator does not check session
+    tokens, so the signature's keyId is read from the client's own signer)."""
+    import configparser
+
+    import pipeline.genai.oci_auth
+    from pipeline.genai.emulator.devconfig import write_profile
+
+    monkeypatch.setattr(pipeline.genai.oci_auth, "_TOKEN_RECHECK_S", 0.0)
+    good, _ = make_oci_config(tmp_path / "oci")
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(good)
+    token = tmp_path / "token"
+    token.write_text("session-token-1\n")
+    profile = {k: v for k, v in parser["DEFAULT"].items() if k != "user"}
+    config_path = tmp_path / "session_config"
+    write_profile(config_path, "DEFAULT", {**profile, "security_token_file": str(token)})
+    root = tmp_path / "os-root"
+    (root / "tok").mkdir(parents=True)
+    with Emulator(EmulatorConfig(embedder="hash"), os_root=root) as emu:
+        settings = StorageSettings(
+            auth="security_token", oci_config=str(config_path), os_endpoint=emu.url
+        )
+        store = OutputStore(f"oci://tok@{NS}/out", settings=settings)
+        rel = f"embeddings/{part_name('s1', 0)}"
+        store.stage_parquet(rel, pa.table({"x": [1, 2]}), {})  # PutObject: body unsigned
+        store.write_json("_state/commits/s1/000000.json", {"a": 1}, exclusive=True)
+        store.publish(rel)
+        assert (root / "tok" / "out" / rel).exists()
+        assert emu.stats()["unauthenticated"] == 0
+
+        signer = storage.fsspec_of(store.fs).oci_client.base_client.signer
+
+        def key_id() -> str:
+            request = oci._vendor.requests.Request("GET", f"{emu.url}/n/").prepare()
+            signer(request)
+            return request.headers["authorization"].split('keyId="', 1)[1].split('"', 1)[0]
+
+        assert key_id() == "ST$session-token-1"
+        time.sleep(0.01)
+        token.write_text("session-token-2\n")  # `oci session refresh` beside the job
+        assert key_id() == "ST$session-token-2"
