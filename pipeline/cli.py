@@ -68,6 +68,17 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--json-text-field")
     p.add_argument("--glob", help="directory sources: only files matching this pattern")
     p.add_argument("--follow-links", action="store_true", default=None, help="follow outside links")
+    p.add_argument(
+        "--modified-since",
+        metavar="WHEN",
+        help="only files / objects modified at or after WHEN (ISO 8601 date or date-time,"
+        " UTC when no zone)",
+    )
+    p.add_argument(
+        "--modified-until",
+        metavar="WHEN",
+        help="only files / objects modified before WHEN (ISO 8601; UTC when no zone)",
+    )
     p.add_argument("--batch-docs", type=int, help="documents per source read batch")
     p.add_argument("--part-rows", type=int, help="chunk rows per committed part (at most)")
     p.add_argument("--part-bytes", type=int, help="estimated output bytes per part (at most)")
@@ -104,7 +115,9 @@ def _run_parser(sub: Any) -> None:
 
 def _emulator_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "emulator", help="serve a local emulator of the OCI Generative AI inference API"
+        "emulator",
+        help="serve a local emulator of the OCI Generative AI inference API "
+        "(and of Object Storage with --os-root)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: pick a free port (printed)")

@@ -215,17 +215,14 @@ def test_list_2500_objects_pages_at_1000(env: Env) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * (i % 7))
     before = env.emu.stats()["object_storage"].get("ListObjects", 0)
-    started = time.perf_counter()
     result = oci.pagination.list_call_get_all_results(
         env.client.list_objects, NS, bucket, prefix="in/", fields="name,size"
     )
-    elapsed = time.perf_counter() - started
     calls = env.emu.stats()["object_storage"]["ListObjects"] - before
     objects = result.data.objects
     assert [o.name for o in objects] == names
     assert [o.size for o in objects] == [i % 7 for i in range(2500)]
     assert calls == 3  # 1000 + 1000 + 500
-    print(f"listed 2,500 objects in {elapsed:.3f} s ({2500 / elapsed:,.0f} objects/s)")
 
     page = env.client.list_objects(NS, bucket, limit=10, start="in/part-00100").data
     assert [o.name for o in page.objects] == names[100:110]
@@ -435,7 +432,9 @@ def test_without_os_root_object_storage_is_404(tmp_path: Path) -> None:
 def test_os_root_must_be_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a directory"):
         Emulator(os_root=tmp_path / "missing")
-    assert os.path.exists(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        Emulator(os_root=tmp_path / "file")
 
 
 def test_cli_serves_a_directory(tmp_path: Path) -> None:
@@ -487,3 +486,332 @@ def test_cli_refuses_a_missing_root(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--os-root" in done.stderr and "not a directory" in done.stderr
+
+
+# ---------------------------------------------------------------------- multipart
+
+MiB = 1 << 20
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes that differ from part to part (cheap to make)."""
+    block = hashlib.sha256(str(seed).encode()).digest() * (MiB // 32)
+    return b"".join(block[i % 7 :] + block[: i % 7] for i in range(size // MiB + 1))[:size]
+
+
+def test_upload_manager_multipart_file(env: Env, tmp_path: Path) -> None:
+    bucket = env.bucket()
+    data = pattern(3 * MiB + MiB // 2)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    before = dict(env.emu.stats()["object_storage"])
+    manager = oci.object_storage.UploadManager(
+        env.client, allow_parallel_uploads=True, parallel_process_count=3
+    )
+    response = manager.upload_file(NS, bucket, "out/big.bin", str(path), part_size=MiB)
+    ops = env.emu.stats()["object_storage"]
+    assert ops["UploadPart"] - before.get("UploadPart", 0) == 4
+    assert ops["CommitMultipartUpload"] - before.get("CommitMultipartUpload", 0) == 1
+    multipart_md5 = response.headers["opc-multipart-md5"]
+    parts = [hashlib.md5(data[i : i + MiB]).digest() for i in range(0, len(data), MiB)]
+    expected = base64.b64encode(hashlib.md5(b"".join(parts)).digest()).decode() + "-4"
+    assert multipart_md5 == expected
+    assert (env.root / bucket / "out" / "big.bin").read_bytes() == data
+    head = env.client.head_object(NS, bucket, "out/big.bin").headers
+    assert head["opc-multipart-md5"] == expected
+    assert int(head["content-length"]) == len(data)
+    assert head["etag"] == response.headers["etag"]
+    listed = env.client.list_objects(NS, bucket, fields="name,md5,size").data.objects
+    assert [(o.name, o.md5, o.size) for o in listed] == [("out/big.bin", expected, len(data))]
+    # no upload is left behind
+    assert env.client.list_multipart_uploads(NS, bucket).data == []
+
+
+def test_upload_manager_stream_and_small_file(env: Env, tmp_path: Path) -> None:
+    import io
+
+    bucket = env.bucket()
+    data = pattern(2 * MiB + 123, seed=1)
+    manager = oci.object_storage.UploadManager(env.client)
+    manager.upload_stream(NS, bucket, "stream.bin", io.BytesIO(data), part_size=MiB)
+    assert env.client.get_object(NS, bucket, "stream.bin").data.content == data
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"one shot")
+    manager.upload_file(NS, bucket, "small.txt", str(small), part_size=MiB)
+    head = env.client.head_object(NS, bucket, "small.txt").headers
+    assert head["content-md5"] == md5_b64(b"one shot")
+    assert "opc-multipart-md5" not in head
+
+
+def test_multipart_resume_list_and_abort(env: Env, tmp_path: Path) -> None:
+    bucket = env.bucket()
+    data = pattern(3 * MiB, seed=2)
+    path = tmp_path / "resume.bin"
+    path.write_bytes(data)
+    c = env.client
+    upload = c.create_multipart_upload(
+        NS, bucket, osm.CreateMultipartUploadDetails(object="resume.bin")
+    ).data
+    assert (upload.bucket, upload.object, upload.namespace) == (bucket, "resume.bin", NS)
+    c.upload_part(NS, bucket, "resume.bin", upload.upload_id, 1, data[:MiB])
+    listed = c.list_multipart_uploads(NS, bucket).data
+    assert [u.upload_id for u in listed] == [upload.upload_id]
+    parts = c.list_multipart_upload_parts(NS, bucket, "resume.bin", upload.upload_id).data
+    assert [(p.part_number, p.size, p.md5) for p in parts] == [(1, MiB, md5_b64(data[:MiB]))]
+    # the UploadManager finds part 1 there and sends only parts 2 and 3
+    before = env.emu.stats()["object_storage"].get("UploadPart", 0)
+    manager = oci.object_storage.UploadManager(c)
+    manager.resume_upload_file(NS, bucket, "resume.bin", str(path), upload.upload_id, part_size=MiB)
+    assert env.emu.stats()["object_storage"]["UploadPart"] - before == 2
+    assert c.get_object(NS, bucket, "resume.bin").data.content == data
+
+    # an aborted upload is gone with its parts; nothing becomes an object
+    other = c.create_multipart_upload(
+        NS, bucket, osm.CreateMultipartUploadDetails(object="aborted.bin")
+    ).data
+    part = c.upload_part(NS, bucket, "aborted.bin", other.upload_id, 1, b"abc")
+    assert c.abort_multipart_upload(NS, bucket, "aborted.bin", other.upload_id).status == 204
+    assert c.list_multipart_uploads(NS, bucket).data == []
+    commit = osm.CommitMultipartUploadDetails(
+        parts_to_commit=[
+            osm.CommitMultipartUploadPartDetails(part_num=1, etag=part.headers["etag"])
+        ]
+    )
+    err = error_of(c.commit_multipart_upload, NS, bucket, "aborted.bin", other.upload_id, commit)
+    assert (err.status, err.code) == (404, "UploadNotFound")
+    assert error_of(c.head_object, NS, bucket, "aborted.bin").status == 404
+    assert not list((env.root / ".oci-emulator" / "uploads").glob(f"{other.upload_id}*"))
+
+
+def test_multipart_commit_checks(env: Env) -> None:
+    bucket = env.bucket()
+    c = env.client
+    env.client.put_object(NS, bucket, "exists.bin", b"old")
+    upload = c.create_multipart_upload(
+        NS, bucket, osm.CreateMultipartUploadDetails(object="exists.bin", content_type="text/x")
+    ).data
+    e1 = c.upload_part(NS, bucket, "exists.bin", upload.upload_id, 1, b"a" * 10).headers["etag"]
+    e2 = c.upload_part(NS, bucket, "exists.bin", upload.upload_id, 2, b"b" * 5).headers["etag"]
+
+    def details(*parts: tuple[int, str], exclude: list[int] | None = None) -> Any:
+        return osm.CommitMultipartUploadDetails(
+            parts_to_commit=[
+                osm.CommitMultipartUploadPartDetails(part_num=n, etag=e) for n, e in parts
+            ],
+            parts_to_exclude=exclude,
+        )
+
+    commit = c.commit_multipart_upload
+    err = error_of(commit, NS, bucket, "exists.bin", upload.upload_id, details((1, "bad"), (2, e2)))
+    assert (err.status, err.code) == (400, "InvalidUploadPart")
+    err = error_of(commit, NS, bucket, "exists.bin", upload.upload_id, details((1, e1)))
+    assert (err.status, err.code) == (400, "InvalidUploadPart")  # part 2 neither kept nor left
+    err = error_of(
+        commit,
+        NS,
+        bucket,
+        "exists.bin",
+        upload.upload_id,
+        details((1, e1), (2, e2)),
+        if_none_match="*",
+    )
+    assert (err.status, err.code) == (412, "IfNoneMatchFailed")
+    err = error_of(c.upload_part, NS, bucket, "exists.bin", upload.upload_id, 10001, b"x")
+    assert (err.status, err.code) == (400, "InvalidUploadPartNumber")
+    # part 1 alone, part 2 excluded; the content type given at creation is kept
+    assert (
+        commit(NS, bucket, "exists.bin", upload.upload_id, details((1, e1), exclude=[2])).status
+        == 200
+    )
+    got = c.get_object(NS, bucket, "exists.bin")
+    assert got.data.content == b"a" * 10
+    assert got.headers["content-type"] == "text/x"
+
+
+def test_put_larger_than_the_json_body_limit_streams_to_disk(env: Env, tmp_path: Path) -> None:
+    bucket = env.bucket()
+    size = 80 * MiB  # above the 64 MiB bound on JSON request bodies
+    path = tmp_path / "large.bin"
+    with path.open("wb") as fh:
+        chunk = pattern(8 * MiB, seed=3)
+        for _ in range(size // len(chunk)):
+            fh.write(chunk)
+    with path.open("rb") as fh:
+        put = env.client.put_object(NS, bucket, "large.bin", fh)
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        while block := fh.read(MiB):
+            digest.update(block)
+    assert put.headers["opc-content-md5"] == base64.b64encode(digest.digest()).decode()
+    assert (env.root / bucket / "large.bin").stat().st_size == size
+    tail = env.client.get_object(NS, bucket, "large.bin", range=f"bytes={size - 10}-")
+    assert tail.data.content == path.read_bytes()[-10:]
+    # no temporary file is left behind
+    assert not list((env.root / ".oci-emulator" / "tmp").glob("body-*"))
+
+
+# ---------------------------------------------------------------------- ocifs, pyarrow
+
+
+@pytest.fixture
+def ocifs_env(env: Env) -> Iterator[tuple[Any, str]]:
+    """An ocifs filesystem on the emulator and a fresh bucket in it."""
+    import ocifs
+
+    fs = ocifs.OCIFileSystem(
+        config=env.config_path,
+        config_kwargs={"service_endpoint": env.emu.url},
+        oci_additional_kwargs={"retry_strategy": oci.retry.NoneRetryStrategy()},
+        skip_instance_cache=True,
+    )
+    yield fs, env.bucket()
+
+
+def test_ocifs_ls_find_info_read_write(env: Env, ocifs_env: tuple[Any, str]) -> None:
+    fs, bucket = ocifs_env
+    base = f"oci://{bucket}@{NS}"
+    fs.pipe(f"{base}/in/a.txt", b"hello ocifs")
+    fs.pipe(f"{base}/in/sub/b.txt", b"b")
+    big = pattern(12 * MiB, seed=4)  # over ocifs's 5 MiB block: a multipart upload
+    before = env.emu.stats()["object_storage"].get("CommitMultipartUpload", 0)
+    with fs.open(f"{base}/in/big.bin", "wb") as fh:
+        fh.write(big)
+    assert env.emu.stats()["object_storage"]["CommitMultipartUpload"] == before + 1
+    assert (env.root / bucket / "in" / "big.bin").read_bytes() == big
+
+    assert fs.ls(base) == [f"{bucket}@{NS}/in"]
+    listed = {e["name"]: e for e in fs.ls(f"{base}/in", detail=True)}
+    assert set(listed) == {f"{bucket}@{NS}/in/{n}" for n in ("a.txt", "big.bin", "sub")}
+    assert listed[f"{bucket}@{NS}/in/sub"]["type"] == "directory"
+    assert listed[f"{bucket}@{NS}/in/a.txt"]["size"] == 11
+    assert fs.find(base) == [f"{bucket}@{NS}/in/{n}" for n in ("a.txt", "big.bin", "sub/b.txt")]
+
+    info = fs.info(f"{base}/in/a.txt")
+    assert (info["type"], info["size"], info["storageTier"]) == ("file", 11, "Standard")
+    assert info["etag"] and info["versionId"] and info["acceptRanges"] == "bytes"
+    assert fs.info(f"{base}/in/sub")["type"] == "directory"
+    assert not fs.exists(f"{base}/in/missing.txt")
+
+    assert fs.cat_file(f"{base}/in/a.txt", start=6, end=11) == b"ocifs"
+    with fs.open(f"{base}/in/big.bin", "rb", block_size=MiB) as fh:
+        fh.seek(7 * MiB + 5)
+        assert fh.read(100) == big[7 * MiB + 5 : 7 * MiB + 105]
+
+    fs.mv(f"{base}/in/a.txt", f"{base}/out/a.txt")  # CopyObject, then DeleteObject
+    fs.rename(f"{base}/in/sub/b.txt", f"{base}/out/b.txt")  # RenameObject
+    fs.rm(f"{base}/in/big.bin")
+    fs.invalidate_cache()
+    assert fs.find(base) == [f"{bucket}@{NS}/out/a.txt", f"{bucket}@{NS}/out/b.txt"]
+    assert fs.cat(f"{base}/out/a.txt") == b"hello ocifs"
+
+
+def test_pyarrow_through_ocifs(env: Env, ocifs_env: tuple[Any, str]) -> None:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, bucket = ocifs_env
+    pfs = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    table = pa.table({"id": list(range(2000)), "text": [f"doc {i}" for i in range(2000)]})
+    pq.write_table(table.slice(0, 1000), f"{bucket}@{NS}/in/part-0.parquet", filesystem=pfs)
+    pq.write_table(table.slice(1000), f"{bucket}@{NS}/in/part-1.parquet", filesystem=pfs)
+    read = ds.dataset(f"{bucket}@{NS}/in", format="parquet", filesystem=pfs).to_table()
+    assert read.sort_by("id").equals(table)
+
+    creates = env.emu.stats()["object_storage"].get("CreateBucket", 0)
+    ds.write_dataset(
+        table,
+        f"{bucket}@{NS}/out",
+        format="parquet",
+        filesystem=pfs,
+        create_dir=False,
+        max_rows_per_file=800,
+        max_rows_per_group=800,
+    )
+    assert env.emu.stats()["object_storage"].get("CreateBucket", 0) == creates
+    files = sorted(p.name for p in (env.root / bucket / "out").iterdir())
+    assert files == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    back = ds.dataset(f"{bucket}@{NS}/out", format="parquet", filesystem=pfs).to_table()
+    assert back.sort_by("id").equals(table)
+    # the files are real Parquet on disk
+    assert pq.read_table(env.root / bucket / "out" / "part-0.parquet").num_rows == 800
+
+
+def test_storage_seam_resolves_oci_uris_to_the_emulator(env: Env) -> None:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from pipeline.storage import StorageSettings, resolve
+
+    bucket = env.bucket()
+    settings = StorageSettings(oci_config=env.config_path, os_endpoint=env.emu.url)
+    resolved = resolve(f"oci://{bucket}@{NS}/prefix", settings)
+    assert resolved.is_oci and resolved.path == f"{bucket}@{NS}/prefix"
+    table = pa.table({"id": [1, 2, 3]})
+    pq.write_table(table, f"{resolved.path}/t.parquet", filesystem=resolved.fs)
+    assert (env.root / bucket / "prefix" / "t.parquet").exists()
+    back = ds.dataset(resolved.path, format="parquet", filesystem=resolved.fs).to_table()
+    assert back.equals(table)
+    infos = resolved.fs.get_file_info([f"{resolved.path}/t.parquet"])
+    assert infos[0].size == (env.root / bucket / "prefix" / "t.parquet").stat().st_size
+
+
+def test_denied_buckets_through_the_control_api(env: Env) -> None:
+    import httpx
+
+    bucket = env.bucket()
+    control = f"{env.emu.url}/_emulator/objectstore"
+    assert httpx.post(control, json={"denied_buckets": [bucket]}).json() == {
+        "denied_buckets": [bucket]
+    }
+    try:
+        err = error_of(env.client.get_bucket, NS, bucket)
+        assert (err.status, err.code) == (403, "NotAuthorized")
+    finally:
+        assert httpx.post(control, json={"denied_buckets": []}).status_code == 200
+    assert httpx.get(control).json() == {"denied_buckets": []}
+    assert httpx.post(control, json={"denied_buckets": "x"}).status_code == 400
+
+
+def test_concurrent_create_if_absent_has_one_winner(env: Env) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bucket = env.bucket()
+    # bodies of a few MiB, so the requests' bodies stream in side by side and the check
+    # made before a body is read cannot settle it alone: the one at commit must
+    body = pattern(4 * MiB, seed=5)
+
+    def claim(i: int) -> int:
+        client = os_client(env.config_path, env.emu.url)
+        try:
+            client.put_object(NS, bucket, "lease", body + str(i).encode(), if_none_match="*")
+        except oci.exceptions.ServiceError as exc:
+            assert (exc.status, exc.code) == (412, "IfNoneMatchFailed")
+            return 0
+        return 1
+
+    for _ in range(3):
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(claim, range(8))) == 1
+        env.client.delete_object(NS, bucket, "lease")
+
+
+def test_a_stale_look_at_a_replaced_object_keeps_its_new_etag(tmp_path: Path) -> None:
+    """A listing (a worker thread) that stat'ed a hand-made file just before a PUT
+    replaced it must not record metadata of the old file over the new object's."""
+    from pipeline.genai.emulator.objectstore import ObjectStore, Staged
+
+    (tmp_path / "bkt").mkdir()
+    path = tmp_path / "bkt" / "obj"
+    path.write_bytes(b"by hand")
+    store = ObjectStore(tmp_path)
+    stale = path.stat()  # the listing's look
+    fd, tmp = store.new_temp()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(b"put")
+    put = store.commit("bkt", "obj", Staged(tmp, 3, hashlib.md5(b"put").digest()), {})
+    store.meta("bkt", "obj", stale, path)  # the listing goes on with its stale stat
+    assert store.meta("bkt", "obj", path.stat(), path).etag == put.etag
+    assert ObjectStore(tmp_path).meta("bkt", "obj", path.stat(), path).etag == put.etag

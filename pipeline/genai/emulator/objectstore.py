@@ -5,8 +5,9 @@ objects, the path relative to the bucket (with ``/``) being the object name. The
 ``ObjectStorageClient``, ``UploadManager`` and ``ocifs`` run against it. Served calls:
 GetNamespace, GetNamespaceMetadata, CreateBucket, ListBuckets, GetBucket, HeadBucket,
 DeleteBucket, ListObjects (prefix, start, end, startAfter, limit, ``/`` delimiter, fields),
-HeadObject, GetObject (one byte range), PutObject, DeleteObject, RenameObject (each with
-if-match / if-none-match) and multipart uploads (create, upload part, commit, abort, list
+HeadObject, GetObject (one byte range), PutObject, DeleteObject, RenameObject, CopyObject
+within the namespace (done at once; its work request reads COMPLETED), each with
+if-match / if-none-match, and multipart uploads (create, upload part, commit, abort, list
 parts, list uploads).
 
 Bookkeeping lives under ``<root>/.oci-emulator/`` (never a bucket): per-object metadata
@@ -33,6 +34,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -167,10 +169,9 @@ class Staged:
 class ObjectStore:
     """The disk side: buckets are directories of ``root``, objects are files.
 
-    Methods are synchronous and do no locking: the server calls the ones that check a
-    condition and then change the store (``commit``, ``delete``, ``rename``) from its
-    event loop without awaiting in between, which makes each of them atomic with
-    respect to other requests.
+    Methods are synchronous. The ones that check a condition and then change an object
+    (``commit``, ``delete``, ``rename``) hold one lock throughout, so each is atomic with
+    respect to other requests and to listings running in worker threads.
     """
 
     def __init__(self, root: str | os.PathLike[str], namespace: str = DEFAULT_NAMESPACE) -> None:
@@ -188,6 +189,9 @@ class ObjectStore:
         for d in (self.tmp_dir, self.uploads_dir, self.objects_meta_dir, self.buckets_meta_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._meta_cache: dict[tuple[str, str], ObjectMeta] = {}
+        # held while an object is checked and changed, and while metadata derived from a
+        # file is recorded (listings run in worker threads)
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ names
 
@@ -251,26 +255,45 @@ class ObjectStore:
         cached = self._meta_cache.get(key)
         if cached is not None and cached.stamp == stamp:
             return cached
-        meta_path = self._meta_path(bucket, name)
         try:
-            meta = ObjectMeta.from_json(json.loads(meta_path.read_bytes()))
+            recorded = ObjectMeta.from_json(json.loads(self._meta_path(bucket, name).read_bytes()))
         except (OSError, ValueError, KeyError, TypeError, IndexError):
-            meta = None
-        if meta is None or meta.stamp != stamp:
-            # put there by hand, or changed behind the emulator's back
+            recorded = None
+        if recorded is not None and recorded.stamp == stamp:
+            self._meta_cache[key] = recorded
+            return recorded
+        return self._derive(bucket, name, path or self.object_path(bucket, name), st)
+
+    def _derive(self, bucket: str, name: str, path: Path, st: os.stat_result) -> ObjectMeta:
+        """Metadata for a file put there by hand or changed behind the emulator's back:
+        an ETag derived from its stat, its MD5 read from it. Recorded only if the file is
+        still the one that was read (a listing thread may race a write of the object)."""
+        stamp = _stamp(st)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise self.not_found(bucket, name) from None
+        with fh:
+            now = os.fstat(fh.fileno())
+            if _stamp(now) != stamp:  # replaced since it was looked at: describe it now
+                return self.meta(bucket, name, now, path)
             md5 = hashlib.md5(usedforsecurity=False)
-            with open(path or self.object_path(bucket, name), "rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    md5.update(chunk)
-            seed = f"{bucket}\0{name}\0{stamp}".encode("utf-8", "surrogatepass")
-            meta = ObjectMeta(
-                etag=str(uuid.UUID(bytes=hashlib.md5(seed, usedforsecurity=False).digest())),
-                md5=_b64(md5.digest()),
-                time_created=st.st_mtime,
-                stamp=stamp,
-            )
-            self._write_meta(bucket, name, meta)
-        self._meta_cache[key] = meta
+            while chunk := fh.read(_CHUNK):
+                md5.update(chunk)
+        seed = f"{bucket}\0{name}\0{stamp}".encode("utf-8", "surrogatepass")
+        meta = ObjectMeta(
+            etag=str(uuid.UUID(bytes=hashlib.md5(seed, usedforsecurity=False).digest())),
+            md5=_b64(md5.digest()),
+            time_created=st.st_mtime,
+            stamp=stamp,
+        )
+        with self._lock:
+            try:
+                unchanged = _stamp(path.stat()) == stamp
+            except OSError:
+                unchanged = False
+            if unchanged:
+                self._write_meta(bucket, name, meta)
         return meta
 
     def _write_meta(self, bucket: str, name: str, meta: ObjectMeta) -> None:
@@ -344,26 +367,27 @@ class ObjectStore:
     ) -> ObjectMeta:
         """Rename a staged body into place as object ``name`` (checking the conditions
         against the object there now); returns its new metadata."""
-        try:
-            path = self.object_path(bucket, name)
-            self.check_conditions(
-                self.current_etag(bucket, name), if_match, if_none_match, f"object '{name}'"
+        with self._lock:
+            try:
+                path = self.object_path(bucket, name)
+                self.check_conditions(
+                    self.current_etag(bucket, name), if_match, if_none_match, f"object '{name}'"
+                )
+                self._place(bucket, name, path, staged.path)
+            except BaseException:
+                staged.discard()
+                raise
+            st = path.stat()
+            meta = ObjectMeta(
+                etag=str(uuid.uuid4()),
+                md5=_b64(staged.md5),
+                time_created=st.st_mtime,
+                multipart_md5=staged.multipart_md5,
+                headers=headers,
+                stamp=_stamp(st),
             )
-            self._place(bucket, name, path, staged.path)
-        except BaseException:
-            staged.discard()
-            raise
-        st = path.stat()
-        meta = ObjectMeta(
-            etag=str(uuid.uuid4()),
-            md5=_b64(staged.md5),
-            time_created=st.st_mtime,
-            multipart_md5=staged.multipart_md5,
-            headers=headers,
-            stamp=_stamp(st),
-        )
-        self._write_meta(bucket, name, meta)
-        return meta
+            self._write_meta(bucket, name, meta)
+            return meta
 
     def _place(self, bucket: str, name: str, path: Path, source: str) -> None:
         """``os.replace`` a file to an object's path, making its folders; 409 when the
@@ -409,6 +433,10 @@ class ObjectStore:
             parent = parent.parent
 
     def delete(self, bucket: str, name: str, if_match: str | None = None) -> None:
+        with self._lock:
+            self._delete(bucket, name, if_match)
+
+    def _delete(self, bucket: str, name: str, if_match: str | None) -> None:
         found = self.stat_object(bucket, name)
         if found is None:
             raise self.not_found(bucket, name)
@@ -421,6 +449,10 @@ class ObjectStore:
         self._prune(self.bucket_dir(bucket), path)
 
     def rename(self, bucket: str, details: dict[str, Any]) -> ObjectMeta:
+        with self._lock:
+            return self._rename(bucket, details)
+
+    def _rename(self, bucket: str, details: dict[str, Any]) -> ObjectMeta:
         source = details.get("sourceName")
         new = details.get("newName")
         if not isinstance(source, str) or not isinstance(new, str) or not source or not new:
@@ -448,6 +480,29 @@ class ObjectStore:
         self._write_meta(bucket, new, meta)
         self._prune(self.bucket_dir(bucket), src_path)
         return meta
+
+    def stage_copy(self, bucket: str, name: str, if_match: str | None) -> tuple[Staged, ObjectMeta]:
+        """A copy of an object's bytes in a temporary file, with the metadata it had
+        (blocking: run it in a thread)."""
+        path = self.object_path(bucket, name)
+        try:
+            src = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise self.not_found(bucket, name) from None
+        with src:
+            meta = self.meta(bucket, name, os.fstat(src.fileno()), path)
+            self.check_conditions(meta.etag, if_match, None, f"object '{name}'")
+            fd, tmp = self.new_temp()
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)
+                    size = out.tell()
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        staged = Staged(tmp, size, base64.b64decode(meta.md5), meta.multipart_md5)
+        return staged, meta
 
     # ------------------------------------------------------------------ listing
 
@@ -663,8 +718,8 @@ class ObjectStore:
         with contextlib.suppress(OSError):
             (self.buckets_meta_dir / f"{bucket}.json").unlink()
         shutil.rmtree(self.objects_meta_dir / bucket, ignore_errors=True)
-        for key in [k for k in self._meta_cache if k[0] == bucket]:
-            del self._meta_cache[key]
+        for key in [k for k in list(self._meta_cache) if k[0] == bucket]:
+            self._meta_cache.pop(key, None)
 
     # ------------------------------------------------------------------ multipart
 
@@ -877,6 +932,7 @@ class ObjectStorageApi:
         self.denied_buckets = denied_buckets if denied_buckets is not None else set()
         self._count = count or (lambda key, label: None)
         self.tenancy = tenancy
+        self._work_requests: dict[str, dict[str, Any]] = {}
         self.user = (
             verifier.key_id.split("/")[1] if verifier else "ocid1.user.oc1..aaaaemulatoruser"
         )
@@ -884,6 +940,7 @@ class ObjectStorageApi:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/n", self.handle)
         app.router.add_route("*", "/n/{tail:.*}", self.handle)
+        app.router.add_get("/workRequests/{id}", self._work_request)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -984,6 +1041,8 @@ class ObjectStorageApi:
             return await self._upload(request, ns, bucket, name, params)
         if kind == "actions" and tail == ["renameObject"] and method == "POST":
             return await self._rename(request, ns, bucket)
+        if kind == "actions" and tail == ["copyObject"] and method == "POST":
+            return await self._copy(request, ns, bucket)
         what = "/".join([kind, *tail])
         raise ApiError(
             501,
@@ -1268,6 +1327,75 @@ class ObjectStorageApi:
         self._op("RenameObject")
         meta = store.rename(bucket, details)
         return web.Response(status=200, headers={"etag": meta.etag})
+
+    async def _copy(self, request: web.Request, ns: str, bucket: str) -> web.StreamResponse:
+        """CopyObject within the emulator's namespace (any destinationRegion): done
+        before the answer, which is 202 with the id of a work request already COMPLETED."""
+        details = await self._read_json(request)
+        store = self._prelude(ns, bucket)
+        self._op("CopyObject")
+        source = details.get("sourceObjectName")
+        dest_bucket = details.get("destinationBucket")
+        dest_name = details.get("destinationObjectName")
+        if not isinstance(source, str) or not source:
+            raise ApiError(400, "InvalidParameter", "sourceObjectName is required")
+        if not isinstance(dest_bucket, str) or not dest_bucket:
+            raise ApiError(400, "InvalidParameter", "destinationBucket is required")
+        if not isinstance(dest_name, str) or not dest_name:
+            raise ApiError(400, "InvalidParameter", "destinationObjectName is required")
+        self._namespace(str(details.get("destinationNamespace") or ns))
+        self._bucket_allowed(dest_bucket)
+        store.bucket_dir(dest_bucket)
+        store.check_object_name(dest_name)
+        staged, meta = await asyncio.to_thread(
+            store.stage_copy, bucket, source, details.get("sourceObjectIfMatchETag")
+        )
+        headers = dict(meta.headers)
+        given = details.get("destinationObjectMetadata")
+        if isinstance(given, dict) and given:
+            headers = {k: v for k, v in headers.items() if not k.startswith("opc-meta-")}
+            for k, v in given.items():
+                key = k.lower()
+                headers[key if key.startswith("opc-meta-") else f"opc-meta-{key}"] = str(v)
+        store.commit(
+            dest_bucket,
+            dest_name,
+            staged,
+            headers,
+            details.get("destinationObjectIfMatchETag"),
+            details.get("destinationObjectIfNoneMatchETag"),
+        )
+        work_id = f"ocid1.objectstorageworkrequest.oc1..emulator{uuid.uuid4().hex}"
+        now = _rfc3339(time.time())
+        self._work_requests[work_id] = {
+            "operationType": "COPY_OBJECT",
+            "status": "COMPLETED",
+            "id": work_id,
+            "compartmentId": store.bucket_info(bucket)["compartmentId"],
+            "resources": [
+                {
+                    "actionType": "WRITTEN",
+                    "entityType": "object",
+                    "identifier": dest_name,
+                    "entityUri": f"/n/{store.namespace}/b/{dest_bucket}/o/{dest_name}",
+                }
+            ],
+            "percentComplete": 100.0,
+            "timeAccepted": now,
+            "timeStarted": now,
+            "timeFinished": now,
+        }
+        return web.Response(status=202, headers={"opc-work-request-id": work_id})
+
+    async def _work_request(self, request: web.Request) -> web.StreamResponse:
+        if self.store is None:
+            raise ApiError(404, "NotFound", "this emulator does not serve Object Storage")
+        self._authenticate(request, b"")
+        self._op("GetWorkRequest")
+        record = self._work_requests.get(request.match_info["id"])
+        if record is None:
+            raise ApiError(404, "NotFound", "no such work request")
+        return _json(record)
 
     # ------------------------------------------------------------------ multipart
 

@@ -118,15 +118,16 @@ class EmulatorApp:
         self.app.router.add_get("/_emulator/config", self._get_config)
         self.app.router.add_post("/_emulator/config", self._set_config)
         self.app.router.add_post("/_emulator/reset", self._reset)
+        self.app.router.add_get("/_emulator/objectstore", self._get_objectstore)
+        self.app.router.add_post("/_emulator/objectstore", self._set_objectstore)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """opc-request-id on every answer, OCI error bodies for every error, counting."""
         # control and Object Storage requests are not GenAI requests: they are left out of
         # requests/statuses (Object Storage counts its operations in object_storage)
-        control = request.path.startswith("/_emulator/") or (
-            request.path == "/n" or request.path.startswith("/n/")
-        )
+        path = request.path
+        control = path.startswith(("/_emulator/", "/n/", "/workRequests/")) or path == "/n"
         if not control:
             self.behaviour.count("requests")
         # the SDK's id (32 hex) or a caller's own is echoed; otherwise one is made up
@@ -269,6 +270,22 @@ class EmulatorApp:
         except ValueError as exc:
             raise ApiError(400, "InvalidParameter", str(exc)) from None
         return _json(cfg.as_dict())
+
+    async def _get_objectstore(self, request: web.Request) -> web.Response:
+        return _json({"denied_buckets": sorted(self.objectstore.denied_buckets)})
+
+    async def _set_objectstore(self, request: web.Request) -> web.Response:
+        """``{"denied_buckets": [...]}`` replaces the buckets answered 403."""
+        try:
+            fields = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "CannotParseRequest", "the body is not valid JSON") from None
+        denied = fields.get("denied_buckets") if isinstance(fields, dict) else None
+        if not isinstance(denied, list) or not all(isinstance(b, str) for b in denied):
+            raise ApiError(400, "InvalidParameter", 'expected {"denied_buckets": [names]}')
+        self.objectstore.denied_buckets.clear()
+        self.objectstore.denied_buckets.update(denied)
+        return await self._get_objectstore(request)
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.behaviour.reset()
