@@ -144,7 +144,6 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
     except ImportError:  # pragma: no cover - a declared dependency
         raise ConfigError("oci:// needs the ocifs package") from None
     signer, region = load_signer(settings)
-    signer = _sdk_signer(signer)
     region = settings.region or region
     config: dict[str, Any] = {}
     if settings.auth == "api_key":
@@ -166,9 +165,6 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
     config_kwargs: dict[str, Any] = {}
     if settings.os_endpoint:
         config_kwargs["service_endpoint"] = settings.os_endpoint.rstrip("/")
-    config: dict[str, Any] = _api_key_profile(settings)
-    if region:
-        config["region"] = region
     try:
         fs = ocifs.OCIFileSystem(
             config=config,
@@ -186,48 +182,6 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
             f"({type(exc).__name__}: {_short(exc)})"
         ) from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
-def _api_key_profile(settings: StorageSettings) -> dict[str, Any]:
-    """What the SDK's ObjectStorageClient checks of an API-key profile even when it is
-    given the signer made from it (user, tenancy, fingerprint, key_file): those values
-    only, never the pass phrase (ocifs logs its config at DEBUG). Other auth modes'
-    signers stand alone. ``load_signer`` has read and checked the file already."""
-    if settings.auth != "api_key":
-        return {}
-    import oci
-
-    profile = oci.config.from_file(
-        file_location=settings.oci_config or oci.config.DEFAULT_LOCATION,
-        profile_name=settings.oci_profile,
-    )
-    return {k: profile[k] for k in ("user", "tenancy", "fingerprint", "key_file") if k in profile}
-
-
-def _sdk_signer(signer: Any) -> Any:
-    """``signer`` as the SDK's clients (ocifs's ObjectStorageClient) take it. The SDK's
-    own signers pass as they are. The session-token signer of ``oci_auth`` (it re-reads
-    the token file, so a job outlives the token's hour) is wrapped in the SDK's token
-    signer class: the client then needs no API-key fields in its config, and it finds
-    ``without_content_headers``, which PutObject and UploadPart are signed with."""
-    import oci
-
-    if isinstance(signer, oci.signer.AbstractBaseSigner) or not hasattr(signer, "current"):
-        return signer
-    source = signer
-
-    class _SessionSigner(oci.auth.signers.SecurityTokenSigner):
-        def __init__(self) -> None:  # no state: each request asks the file signer
-            pass
-
-        def __call__(self, request: Any, enforce_content_headers: bool = True) -> Any:
-            return source.current()(request, enforce_content_headers)
-
-        @property
-        def without_content_headers(self) -> Any:
-            return source.current().without_content_headers
-
-    return _SessionSigner()
 
 
 def fsspec_of(fs: pafs.FileSystem) -> Any | None:

@@ -270,11 +270,6 @@ def _file_token_signer_class() -> type:
 
     return FileSecurityTokenSigner
 
-    def current(self) -> Any:
-        """The SDK signer of the token the file holds now (for the SDK's own clients)."""
-        self._maybe_reload()
-        return self._inner
-
 
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
