@@ -25,11 +25,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from pipeline.storage import OCI_SCHEMES, Resolved, fsspec_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Conditional(Protocol):
@@ -159,6 +161,22 @@ def _cached_s3_client(env: tuple[str | None, ...]) -> Any | None:
     return boto3.session.Session().client("s3", config=config)
 
 
+def _transport_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """botocore's own errors (no connection, a timeout, no credentials) as OSError, the
+    one kind of storage error the callers handle (an OCI SDK's are OSError already)."""
+
+    @functools.wraps(method)
+    def call(self: Any, path: str, *args: Any) -> T:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return method(self, path, *args)
+        except BotoCoreError as exc:
+            raise OSError(f"{method.__name__} s3://{path}: {exc}") from None
+
+    return call
+
+
 class S3Conditional:
     """Through ``boto3``: ``IfNoneMatch`` / ``IfMatch`` on PutObject and DeleteObject."""
 
@@ -179,6 +197,7 @@ class S3Conditional:
         status, code = self._status(exc)
         return OSError(f"{what} s3://{path}: {status} {code}: {exc}")
 
+    @_transport_errors
     def get(self, path: str) -> tuple[bytes, str] | None:
         from botocore.exceptions import ClientError
 
@@ -203,12 +222,15 @@ class S3Conditional:
             return _ours(self.get(path), data)
         return str(resp["ETag"])
 
+    @_transport_errors
     def create(self, path: str, data: bytes) -> str | None:
         return self._put(path, data, IfNoneMatch="*")
 
+    @_transport_errors
     def replace(self, path: str, data: bytes, etag: str) -> str | None:
         return self._put(path, data, IfMatch=etag)
 
+    @_transport_errors
     def delete(self, path: str, etag: str) -> bool:
         from botocore.exceptions import ClientError
 

@@ -110,6 +110,13 @@ def plan(config: JobConfig) -> list[ShardSpec]:
 
     Raises ``SourceError`` / ``ConfigError`` before any model call when the source or
     the settings are unusable."""
+    specs, units = _split(config)
+    _plan_duplicates(config, units, source_options(config), len(specs))
+    return specs
+
+
+def _split(config: JobConfig) -> tuple[list[ShardSpec], list[SourceUnit]]:
+    """The shard specs and the units they hold: the plan without touching the output."""
     storage.configure(config)
     options = source_options(config)
     units = list_units(config.source, options)
@@ -137,8 +144,7 @@ def plan(config: JobConfig) -> list[ShardSpec]:
                 est_bytes=sum(u.size for u in group),
             )
         )
-    _plan_duplicates(config, units, options, len(specs))
-    return specs
+    return specs, units
 
 
 def _plan_duplicates(
@@ -261,13 +267,16 @@ def check_cost_ceiling(config: JobConfig) -> None:
 
 def prepare(config: JobConfig) -> list[ShardSpec]:
     """Everything that must hold before any paid call, for the CLI and the Airflow plan
-    task alike: the output is writable (``preflight``: first, as planning may write the
-    run's duplicate ids into it), the source plans (``plan``), its cost is under the
-    ceiling (``check_cost_ceiling``). Returns the specs."""
-    storage.configure(config)
-    preflight(config)
-    specs = plan(config)
+    task alike: the source plans (``plan``), its cost is under the ceiling
+    (``check_cost_ceiling``), the output is writable (``preflight``). Returns the specs.
+
+    Nothing touches the output before the source and the ceiling passed, and nothing but
+    the preflight probe before that probe passed: the plan's own writes (the run's
+    duplicate ids) come last, so a missing bucket is named by the probe."""
+    specs, units = _split(config)
     check_cost_ceiling(config)
+    preflight(config)
+    _plan_duplicates(config, units, source_options(config), len(specs))
     return specs
 
 

@@ -584,6 +584,29 @@ def test_without_boto3_s3_falls_back_to_check_then_write(
     assert "no conditional writes" in caplog.text
 
 
+def test_an_unreachable_s3_is_an_os_error_for_the_lease_and_commit_callers(
+    s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore's own errors (here: nothing listens) reach the callers as OSError, the
+    storage error they handle (a lease heartbeat retries it; the CLI exits 74)."""
+    import socket
+
+    import boto3
+
+    from pipeline.conditional import S3Conditional
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    client = boto3.session.Session().client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+    cond = S3Conditional(client)
+    with pytest.raises(OSError, match=f"create s3://{s3.bucket}/k"):
+        cond.create(f"{s3.bucket}/k", b"{}")
+    with pytest.raises(OSError, match="get s3://"):
+        cond.get(f"{s3.bucket}/k")
+
+
 # ---------------------------------------------------------------------- preflight
 
 
@@ -601,6 +624,16 @@ def test_a_missing_bucket_is_named_before_any_model_call(tmp_path, bucket: Bucke
     with pytest.raises(StorageError, match=f"bucket {name}") as info:
         _run(_config(src, out, bucket), backend)
     assert "does not exist" in str(info.value)
+    assert backend.inputs == []
+    # with several shards the plan writes the ids repeated across them into the output
+    # first (here d00000, in both files): that first write names the bucket alike
+    (tmp_path / "two").mkdir()
+    for i in range(2):
+        rows = _docs(10)[:1] + _docs(10)[1 + i * 4 : 5 + i * 4]
+        write_corpus(str(tmp_path / "two" / f"p{i}.parquet"), rows)
+    sharded = _config(str(tmp_path / "two"), out, bucket).replace(shards=2)
+    with pytest.raises(StorageError, match=f"bucket {name}"):
+        _run(sharded, backend)
     assert backend.inputs == []
     res = subprocess.run(
         _cli_cmd(src, out, bucket), capture_output=True, text=True, env=bucket.env or None
