@@ -111,7 +111,7 @@ def read_docx(data: bytes, *, max_bytes: int) -> Extracted:
     try:
         document = docx.Document(io.BytesIO(data))
         blocks = list(_blocks(document))
-        title = document.core_properties.title or None
+        title = " ".join((document.core_properties.title or "").split()) or None
     except (PackageNotFoundError, KeyError, ValueError, zipfile.BadZipFile, etree.Error) as exc:
         raise UnreadableDocument("CorruptDocument", f"it is not a readable DOCX ({exc})") from None
     parts: list[str] = []

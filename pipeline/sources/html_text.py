@@ -10,7 +10,8 @@ keep their content. A page where no block qualifies as content (a short page) ke
 every block that is not itself boilerplate-like (link-dense).
 
 The text is one line per block, white space inside a block collapsed (a ``<pre>`` block
-keeps its lines); words in separate inline elements stay apart. Headings (``h1``–``h6``)
+keeps its lines); words in separate inline elements stay apart; the cells of a table row
+that are kept share one line, joined by `` | ``. Headings (``h1``–``h6``)
 start sections whose path follows the heading levels. The ``<title>`` is the title and
 is not repeated in the text.
 
@@ -60,17 +61,13 @@ class _Blocks(ParagraphMaker):
         super().characters(content)
 
 
-def _rows_as_blocks(dom: Any) -> None:
-    """One block per table row: the cells become inline, joined by `` | ``."""
-    for row in dom.iter("tr"):
-        first = True
-        for cell in row:
-            if not isinstance(cell.tag, str) or cell.tag not in ("td", "th"):
-                continue
-            cell.tag = "span"
-            if not first:
-                cell.text = _CELL_SEP + (cell.text or "")
-            first = False
+# the table row of a block (its xpath up to the row), when it is a table cell
+_ROW = re.compile(r"^(.*/tr\[\d+\])/t[dh]\[\d+\](?:/[^/]*)?$")
+
+
+def _row(block: Any) -> str | None:
+    match = _ROW.match(block.xpath)
+    return match.group(1) if match else None
 
 
 def _title(dom: Any) -> str | None:
@@ -96,7 +93,6 @@ def html_to_text(html: str) -> Extracted:
         return Extracted("", (), None)  # no element at all: nothing to read
     title = _title(dom)
     dom = preprocessor(dom)
-    _rows_as_blocks(dom)
     blocks = _Blocks.make_paragraphs(dom)
     classify_paragraphs(
         blocks,
@@ -111,18 +107,30 @@ def html_to_text(html: str) -> Extracted:
     kept = [b for b in blocks if b.class_type == "good"]
     if not kept:
         kept = [b for b in blocks if b.cf_class != "bad"]
-    parts: list[str] = []
+    lines: list[str] = []
     sections: list[Section] = []
     path = HeadingPath()
     offset = 0
+    last_row: str | None = None
     for block in kept:
         text = _block_text(block)
         if not text:
             continue
+        row = _row(block)
+        if row is not None and row == last_row:
+            # the next cell of the same table row: on the row's line
+            lines[-1] += _CELL_SEP + text
+            offset += len(_CELL_SEP) + len(text)
+            continue
+        last_row = row
         levels = _HEADING.findall(block.dom_path)
         if levels:
             name = path.enter(int(levels[-1]), text)
-            sections.append(Section(offset, name, None, offset + len(text)))
-        parts.append(text)
-        offset += len(text) + 1
-    return Extracted("\n".join(parts), tuple(sections), title)
+            sections.append(
+                Section(offset + bool(lines), name, None, offset + bool(lines) + len(text))
+            )
+        if lines:
+            offset += 1  # the newline before this line
+        lines.append(text)
+        offset += len(text)
+    return Extracted("\n".join(lines), tuple(sections), title)

@@ -3,11 +3,12 @@
 The text itself is kept as written (its content hash, its character offsets and what is
 embedded are the file's own); only the headings are found, by a CommonMark parser, so a
 ``#`` line inside a code block is not a heading and setext headings (underlined with
-``===`` or ``---``) are.
+``===`` or ``---``) are. A YAML front matter block is not read as a heading.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 from markdown_it import MarkdownIt
@@ -21,10 +22,23 @@ def _parser() -> MarkdownIt:
     return MarkdownIt("commonmark")
 
 
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n.*?\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
+
+
+def _without_front_matter(text: str) -> str:
+    """``text`` with a YAML front matter block (``---`` ... ``---`` at the very start, as
+    static site generators and model cards have) blanked, its lines kept: CommonMark
+    would read its closing ``---`` as the underline of a heading."""
+    match = _FRONT_MATTER.match(text)
+    if match is None:
+        return text
+    return "\n" * match.group().count("\n") + text[match.end() :]
+
+
 def markdown_sections(text: str) -> tuple[Section, ...]:
     """One section per heading of ``text``: it starts at the heading's first line, its
     body after the heading's last line."""
-    tokens = _parser().parse(text)
+    tokens = _parser().parse(_without_front_matter(text))
     headings = [
         (int(tok.tag[1]), tokens[i + 1].content, tok.map)
         for i, tok in enumerate(tokens)
