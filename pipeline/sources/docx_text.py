@@ -88,6 +88,7 @@ def _blocks(document: object) -> Iterator[tuple[str, int | None]]:
     """``(text, heading level or None)`` of each paragraph and table row, in order."""
     from docx.table import Table
 
+    levels: dict[str | None, int | None] = {}  # by style id: a style lookup is slow
     for block in document.iter_inner_content():  # type: ignore[attr-defined]
         if isinstance(block, Table):
             for row in block.rows:
@@ -98,8 +99,10 @@ def _blocks(document: object) -> Iterator[tuple[str, int | None]]:
         text = block.text
         if not text.strip():
             continue
-        level = _outline_level(block.style) if block.style is not None else None
-        yield text.strip(), level
+        style_id = block._p.style
+        if style_id not in levels:
+            levels[style_id] = _outline_level(block.style) if block.style is not None else None
+        yield text.strip(), levels[style_id]
 
 
 def read_docx(data: bytes, *, max_bytes: int) -> Extracted:

@@ -18,8 +18,9 @@ is not repeated in the text.
 Compared with trafilatura and readability-lxml on the 1,169 pages of the PostgreSQL 15
 manual: trafilatura kept the text but dropped the headings of nearly every page (it
 finds no main container in DocBook output), readability lost most of the text of about
-a fifth of the pages (tables, definition lists); jusText with these settings kept the
-headings of 94 % of the pages and left no navigation bar in any.
+a fifth of the pages (tables, definition lists); jusText with these settings keeps the
+headings of 96 % of the pages, and no chunk starts with the navigation bar, where 11.7 %
+did with the converter this replaced (bench/bench_documents.py).
 """
 
 from __future__ import annotations
