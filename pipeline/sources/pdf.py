@@ -45,9 +45,13 @@ _PAGE_GAP = "\n\n"
 
 
 class _Child:
+    """One child process. ``-P``: the worker's own folder is not put on ``sys.path``
+    (its modules would shadow nothing today, but must not); the environment is kept, so a
+    ``PYTHONPATH`` that finds pypdfium2 for the parent finds it for the child."""
+
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", _WORKER, str(MEMORY_LIMIT)],
+            [sys.executable, "-P", _WORKER, str(MEMORY_LIMIT)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -394,3 +394,31 @@ def test_outputs_carry_section_and_page_and_older_rows_stand_for_plain_text(
     done = _run(src, out)  # and then nothing
     assert done.returncode == 0, done.stderr
     assert len(list((out / "embeddings").glob("*.parquet"))) == len(before) + len(new_parts)
+
+
+def test_parts_written_before_section_and_page_still_read(tmp_path: Path) -> None:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "guide.md").write_text("# Guide\n\nIntro.\n\n## Install\n\nRun the installer.\n")
+    out = tmp_path / "out"
+    done = _run(src, out)
+    assert done.returncode == 0, done.stderr
+    (new,) = (out / "embeddings").glob("*.parquet")
+    table = pq.read_table(new)
+    # a part as written before the two columns existed, beside the new one
+    old = table.drop_columns(["section", "page"]).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(old, out / "embeddings" / "part-old.parquet")
+    rows = duckdb.sql(
+        f"select section, page from read_parquet('{out}/embeddings/*.parquet',"
+        " union_by_name=true) order by section nulls first"
+    ).fetchall()
+    assert rows == [(None, None), (None, None), ("Guide", None), ("Guide > Install", None)]
+    read = ds.dataset(out / "embeddings", schema=table.schema).to_table()
+    assert read.num_rows == 4 and read.schema.field("section").type == pa.string()
+    assert sorted(read.column("section").to_pylist(), key=str) == sorted(
+        [None, None, "Guide", "Guide > Install"], key=str
+    )
