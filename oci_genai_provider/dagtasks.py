@@ -25,6 +25,7 @@ from airflow.sdk import Asset, AssetAlias, get_current_context, task  # noqa: TI
 from airflow.sdk.exceptions import (  # noqa: TID251
     AirflowFailException,
     AirflowNotFoundException,
+    AirflowSkipException,
 )
 
 from oci_genai_provider import DEFAULT_CONN_ID
@@ -152,10 +153,22 @@ def run_shard(config: dict[str, Any], shard: dict[str, Any] | str) -> dict[str, 
         )
 
 
-@task(outlets=[OUTPUT_ALIAS], multiple_outputs=False, retries=2, retry_delay=RETRY_DELAY)
+@task(
+    outlets=[OUTPUT_ALIAS],
+    multiple_outputs=False,
+    retries=2,
+    retry_delay=RETRY_DELAY,
+    # a plan of no shards (a modified window that selects nothing) maps run_shard over
+    # nothing, which Airflow marks skipped: the commit still writes the (empty) report
+    trigger_rule="none_failed",
+)
 def commit(config: dict[str, Any]) -> dict[str, Any]:
     """Merge the shard reports found in the output (not in XCom) into
-    ``OUTPUT/report.json`` and emit an Asset event for the output's URI."""
+    ``OUTPUT/report.json`` and emit an Asset event for the output's URI. Runs unless a
+    shard failed, so also after a plan of no shards; skipped after a dry run, which
+    writes nothing."""
+    if config.get("dry_run"):
+        raise AirflowSkipException("dry run: nothing to commit")
     context = get_current_context()
     conn_id = dict(context["params"]).get("conn_id")
     with (

@@ -71,6 +71,8 @@ def source_options(config: JobConfig) -> SourceOptions:
         batch_size=config.batch_docs,
         glob=config.glob,
         follow_links=config.follow_links,
+        modified_since=config.modified_window[0],
+        modified_until=config.modified_window[1],
     )
 
 
@@ -92,6 +94,10 @@ def _unit_key(unit: SourceUnit) -> dict[str, Any]:
     for name in ("error_class", "error"):
         if data.get(name) is None:
             data.pop(name, None)
+    # which version of a file was listed is not part of a shard's identity: a shard id
+    # names the same files however they change, so its checkpoints and leftovers stay its
+    for name in ("mtime", "etag", "md5"):
+        data.pop(name, None)
     return data
 
 

@@ -16,7 +16,7 @@ import gzip
 import posixpath
 import zlib
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any, cast
@@ -32,6 +32,7 @@ from pipeline.sources.formats import Extracted, UnreadableDocument
 from pipeline.sources.html_text import html_to_text
 from pipeline.sources.location import relative
 from pipeline.sources.markdown_text import markdown_sections
+from pipeline.sources.objects import ObjectGone, Opened, oci_client_of, open_oci
 from pipeline.sources.options import (
     GZIP_SUFFIX,
     HTML_SUFFIXES,
@@ -123,6 +124,20 @@ class _File:
     name: str  # file name without .gz: the default title
     mtime: datetime | None
     size: int
+    etag: str | None = None  # object stores
+    md5: str | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        """What each document of the file records in ``Document.extra`` (and so what
+        ``passthrough`` can carry into the output rows): its path or URI, time
+        modified, size in bytes, and the etag and md5 an object store gives."""
+        return {
+            "uri": self.path,
+            "updated_at": self.mtime,
+            "size": self.size,
+            "etag": self.etag,
+            "md5": self.md5,
+        }
 
 
 def read_file_unit(
@@ -152,6 +167,35 @@ def _read_failure(f: _File | str, error_class: str, message: str) -> Failure:
     return Failure(doc_id, "read", error_class, message, permanent=permanent, source=path)
 
 
+@contextmanager
+def _open(fs: pafs.FileSystem, fs_path: str, unit: SourceUnit) -> Iterator[Opened]:
+    """Open one file or object for streaming, with what its store says of it.
+
+    Raises :class:`ObjectGone` when it no longer exists, OSError (and the pyarrow and
+    gzip errors of ``_READ_ERRORS``) when it cannot be read; from object storage, an
+    AuthError or SourceError when the credentials or the bucket are no longer good."""
+    client = oci_client_of(fs)
+    if client is not None:
+        # one GetObject: its headers give size, etag and time modified (no HeadObject)
+        listed = datetime.fromisoformat(unit.mtime) if unit.mtime else None
+        with open_oci(client, fs_path, unit.path, unit.etag, listed) as opened:
+            yield opened
+        return
+    info = fs.get_file_info(fs_path)
+    if info.type != pafs.FileType.File:
+        if isinstance(fs, pafs.LocalFileSystem):
+            raise ObjectGone(f"file {unit.path} no longer exists", "ReadError")
+        raise ObjectGone(f"object {unit.path} was listed but is gone (not found)")
+    with fs.open_input_stream(fs_path, compression=None) as stream:
+        yield Opened(
+            stream=cast("IO[bytes]", stream),
+            size=info.size or 0,
+            mtime=coerce_datetime(info.mtime),
+            etag=unit.etag,
+            md5=unit.md5,
+        )
+
+
 def _items(
     fs: pafs.FileSystem,
     fs_path: str,
@@ -159,32 +203,28 @@ def _items(
     options: SourceOptions,
     validator: Validator,
 ) -> Iterator[Document | Failure]:
-    try:
-        info = fs.get_file_info(fs_path)
-    except _READ_ERRORS as exc:
-        yield _read_failure(unit.path, "ReadError", f"file {unit.path} cannot be read: {exc}")
-        return
-    if info.type != pafs.FileType.File:
-        yield _read_failure(unit.path, "ReadError", f"file {unit.path} no longer exists")
-        return
     name = posixpath.basename(fs_path)
     by_name, gzipped = file_kind(name)
-    f = _File(
-        path=unit.path,
-        doc_id=relative(unit.path, unit.root) if unit.root else name,
-        name=name[: -len(GZIP_SUFFIX)] if gzipped else name,
-        mtime=coerce_datetime(info.mtime),
-        size=info.size or 0,
-    )
+    doc_id = relative(unit.path, unit.root) if unit.root else name
     cap = options.max_doc_chars * MAX_BYTES_PER_CHAR + len(codecs.BOM_UTF8)
-    if by_name != formats.JSONL and not gzipped and f.size > cap:
-        yield validator.too_large(f.doc_id, f"file {f.path}", f.path, f"it has {f.size:,} bytes")
-        return
+    f: _File | None = None
     try:
         with ExitStack() as stack:
-            stream: IO[bytes] = cast(
-                "IO[bytes]", stack.enter_context(fs.open_input_stream(fs_path, compression=None))
+            opened = stack.enter_context(_open(fs, fs_path, unit))
+            f = _File(
+                path=unit.path,
+                doc_id=doc_id,
+                name=name[: -len(GZIP_SUFFIX)] if gzipped else name,
+                mtime=opened.mtime,
+                size=opened.size,
+                etag=opened.etag,
+                md5=opened.md5,
             )
+            if by_name != formats.JSONL and not gzipped and f.size > cap:
+                detail = f"it has {f.size:,} bytes"
+                yield validator.too_large(f.doc_id, f"file {f.path}", f.path, detail)
+                return
+            stream = opened.stream
             sample = stream.read(_SNIFF)
             # a gzip stream is unpacked whatever its name says
             gzipped = gzipped or sample.startswith(formats.GZIP_MAGIC)
@@ -206,12 +246,16 @@ def _items(
                 detail = f"it decompresses to more than {cap:,} bytes"
                 yield validator.too_large(f.doc_id, f"file {f.path}", f.path, detail)
                 return
+    except ObjectGone as exc:
+        yield _read_failure(unit.path, exc.error_class, str(exc))
+        return
     except _READ_ERRORS as exc:
-        if gzipped and isinstance(exc, _CORRUPT_ARCHIVE):
+        if f is not None and gzipped and isinstance(exc, _CORRUPT_ARCHIVE):
             message = f"file {f.path} is not a valid gzip file: {exc}"
             yield _read_failure(f, "CorruptArchive", message)
         else:
-            yield _read_failure(f, "ReadError", f"file {f.path} cannot be read: {exc}")
+            message = f"file {unit.path} cannot be read: {exc}"
+            yield _read_failure(f or unit.path, "ReadError", message)
         return
     if binary:
         yield _binary_document(data, kind, f, options, validator, cap)
@@ -253,7 +297,7 @@ def _document(
         extracted.title or f.name,
         f.path,
         f.mtime,
-        extra={"size": f.size},
+        extra=f.metadata(),
         sections=sections,
     )
 
@@ -420,8 +464,10 @@ def _record(
     )
     if isinstance(checked, Failure):
         return checked
-    extra: dict[str, Any] = {"size": f.size}
-    extra.update({name: obj.get(name) for name in options.passthrough})
+    # the file's metadata, then the named fields of the object (the file's value when
+    # the object lacks one)
+    extra = f.metadata()
+    extra.update({name: obj[name] for name in options.passthrough if name in obj})
     return Document(
         doc_id=checked[0],
         text=checked[1],
