@@ -98,12 +98,13 @@ class HeadingPath:
     def __init__(self) -> None:
         self._stack: list[tuple[int, str]] = []
 
-    def enter(self, level: int, title: str) -> str:
-        """A heading of ``level`` (1 = top) was read: the path it opens."""
+    def enter(self, level: int, title: str) -> str | None:
+        """A heading of ``level`` (1 = top) was read: the path it opens (None while every
+        heading in effect is empty)."""
         while self._stack and self._stack[-1][0] >= level:
             self._stack.pop()
         self._stack.append((level, " ".join(title.split())))
-        return self.path() or ""
+        return self.path()
 
     def path(self) -> str | None:
         return SEPARATOR.join(t for _, t in self._stack if t) or None
