@@ -94,10 +94,15 @@ class CommitRecord:
 
 
 class Index:
-    """What is committed: doc_id -> (content_hash, state), for embeddings and summaries."""
+    """What is committed: doc_id -> (content_hash, state), for embeddings and summaries.
+
+    ``embed_plain`` holds embeddings committed under the fingerprint of the chunker before
+    sections existed: they stand for documents without sections (chunked the same way by
+    both), not for documents with sections."""
 
     def __init__(self) -> None:
         self.embed: dict[str, tuple[str, str]] = {}
+        self.embed_plain: dict[str, tuple[str, str]] = {}
         self.summary: dict[str, tuple[str, str]] = {}
 
     def __len__(self) -> int:
@@ -110,8 +115,19 @@ class Index:
             return True
         return retry and entry[1] == FAILED
 
-    def needs_embedding(self, doc_id: str, chash: str, retry_failed: bool = False) -> bool:
-        return self._needs(self.embed, doc_id, chash, retry_failed)
+    def needs_embedding(
+        self, doc_id: str, chash: str, retry_failed: bool = False, sectioned: bool = False
+    ) -> bool:
+        """Whether ``doc_id`` with this text still needs embedding; ``sectioned``: the
+        document has sections (rows from before sections existed do not stand for it)."""
+        if not self._needs(self.embed, doc_id, chash, retry_failed):
+            return False
+        if sectioned or doc_id not in self.embed_plain:
+            return True
+        entry = self.embed.get(doc_id)
+        if entry is not None and entry[0] == chash:
+            return True  # committed (failed) under the current fingerprint: that decides
+        return self._needs(self.embed_plain, doc_id, chash, retry_failed)
 
     def needs_summary(self, doc_id: str, chash: str, retry_failed: bool = False) -> bool:
         return self._needs(self.summary, doc_id, chash, retry_failed)
@@ -132,13 +148,19 @@ class Checkpoint:
         out.sort(key=lambda r: (r.committed_at, r.shard, r.seq))
         return out
 
-    def load_index(self, embed_fp: str, summary_fp: str | None) -> Index:
+    def load_index(
+        self, embed_fp: str, summary_fp: str | None, plain_embed_fp: str | None = None
+    ) -> Index:
+        """The index of what is committed under these fingerprints; ``plain_embed_fp`` is
+        the embed fingerprint without the sectioned chunker (see :class:`Index`)."""
         index = Index()
         for rec in self.records():
             for doc_id, chash, e_state, s_state in rec.docs:
                 assert doc_id is not None and chash is not None
                 if e_state and rec.embed_fp == embed_fp:
                     index.embed[doc_id] = (chash, e_state)
+                elif e_state and plain_embed_fp and rec.embed_fp == plain_embed_fp:
+                    index.embed_plain[doc_id] = (chash, e_state)
                 if s_state and summary_fp and rec.summary_fp == summary_fp:
                     index.summary[doc_id] = (chash, s_state)
         return index
