@@ -98,6 +98,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_airflow_demo.py
 	$(BIN)/python bench/bench_documents.py
 	$(BIN)/python bench/bench_objectstore.py
+	$(BIN)/python bench/bench_object_output.py
+	$(BIN)/python bench/bench_object_io.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache .cache
