@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +35,7 @@ from airflow.sdk.exceptions import (  # noqa: TID251
 from oci_genai_provider import DEFAULT_CONN_ID
 from oci_genai_provider.fields import ConnectionFieldError
 from pipeline import tasks as core
+from pipeline.storage import OCI_SCHEMES, scheme_of
 
 log = logging.getLogger("oci_genai")
 
@@ -76,19 +77,37 @@ def fail_fast_on_permanent_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def connection_settings(
-    conn_id: str | None, backend: str | None, *, key_only: bool = False
+    conn_id: str | None,
+    backend: str | None,
+    *,
+    key_only: bool = False,
+    uris: Iterable[str | None] = (),
 ) -> Iterator[dict[str, Any]]:
-    """The connection's OCI settings for ``backend: oci``; nothing for local/hash (the
-    embedded default needs no connection). ``key_only``: see ``OciGenAIHook.job_settings``
-    (the plan fixed the other settings; a shard task only needs its own key file)."""
-    if backend != "oci":
+    """The connection's OCI settings for ``backend: oci``, or for a run whose source or
+    output (``uris``) is on OCI Object Storage (``oci://``), which is signed with the same
+    settings; nothing otherwise (the embedded default needs no connection). For ``oci://``
+    alone a missing connection is no error: the job's own settings (``auth``, ...) sign.
+    ``key_only``: see ``OciGenAIHook.job_settings`` (the plan fixed the other settings; a
+    shard task only needs its own key file)."""
+    on_oci = any(scheme_of(u or "") in OCI_SCHEMES for u in uris)
+    if backend != "oci" and not on_oci:
         yield {}
         return
     from oci_genai_provider.hooks import OciGenAIHook
 
     hook = OciGenAIHook(conn_id or DEFAULT_CONN_ID)
-    with hook.job_settings(key_only=key_only) as settings:
+    if backend != "oci":
+        try:
+            hook.get_connection(hook.oci_genai_conn_id)
+        except AirflowNotFoundException:
+            yield {}
+            return
+    with hook.job_settings(key_only=key_only, genai=backend == "oci") as settings:
         yield settings
+
+
+def _uris(config: Mapping[str, Any]) -> tuple[Any, Any]:
+    return config.get("source"), config.get("output")
 
 
 def job_conf(params: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -122,7 +141,11 @@ def plan(variable: str | None = None, defaults: dict[str, Any] | None = None) ->
     conf = job_conf(params, extra)
     with (
         fail_fast_on_permanent_errors(),
-        connection_settings(params.get("conn_id"), conf.get("backend", "local")) as overrides,
+        connection_settings(
+            params.get("conn_id"),
+            conf.get("backend", "local"),
+            uris=(conf.get("source"), conf.get("output")),
+        ) as overrides,
     ):
         # the shard tasks share the pool: each takes 1/slots of the limits (unless Redis)
         planned = core.plan_job(conf, overrides={"concurrent_shards": POOL_SLOTS, **overrides})
@@ -152,7 +175,9 @@ def run_shard(config: dict[str, Any], shard: dict[str, Any] | str) -> dict[str, 
     conn_id = dict(context["params"]).get("conn_id")
     with (
         fail_fast_on_permanent_errors(),
-        connection_settings(conn_id, config.get("backend"), key_only=True) as overrides,
+        connection_settings(
+            conn_id, config.get("backend"), key_only=True, uris=_uris(config)
+        ) as overrides,
     ):
         if config.get("redis_url"):
             overrides = {k: v for k, v in overrides.items() if k != "redis_url"}  # the job's
@@ -181,7 +206,9 @@ def commit(config: dict[str, Any]) -> dict[str, Any]:
     conn_id = dict(context["params"]).get("conn_id")
     with (
         fail_fast_on_permanent_errors(),
-        connection_settings(conn_id, config.get("backend"), key_only=True) as overrides,
+        connection_settings(
+            conn_id, config.get("backend"), key_only=True, uris=_uris(config)
+        ) as overrides,
     ):
         result = core.commit_job(config, overrides=overrides)
     uri = output_uri(result["output"])

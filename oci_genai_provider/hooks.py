@@ -39,7 +39,9 @@ class OciGenAIHook(BaseHook):
         return {**settings, "inline_key": inline is not None}
 
     @contextlib.contextmanager
-    def job_settings(self, *, key_only: bool = False) -> Iterator[dict[str, Any]]:
+    def job_settings(
+        self, *, key_only: bool = False, genai: bool = True
+    ) -> Iterator[dict[str, Any]]:
         """JobConfig keys (``backend="oci"`` and the connection's OCI settings); an inline
         key is written to a 0600 file in a 0700 directory removed on exit.
 
@@ -48,10 +50,15 @@ class OciGenAIHook(BaseHook):
         the shared rate budget's ``redis_url``. The shard and commit tasks use this: the
         rest of a run's settings were fixed by its plan and travel in the run's config.
         ``redis_url`` is given only here, so that a password in it never travels with the
-        run's settings (XCom)."""
+        run's settings (XCom). ``genai=False``: the settings sign only Object Storage
+        (``oci://`` with another backend): no ``backend`` key, and no compartment
+        required."""
         conn = self.get_connection(self.oci_genai_conn_id)
-        settings, inline = settings_from_extra(self.oci_genai_conn_id, conn.extra_dejson)
-        settings["backend"] = "oci"
+        settings, inline = settings_from_extra(
+            self.oci_genai_conn_id, conn.extra_dejson, genai=genai
+        )
+        if genai:
+            settings["backend"] = "oci"
         local = {"redis_url": settings.pop("redis_url")} if "redis_url" in settings else {}
         if inline is None:
             yield local if key_only else settings

@@ -112,6 +112,13 @@ def plan(config: JobConfig) -> list[ShardSpec]:
 
     Raises ``SourceError`` / ``ConfigError`` before any model call when the source or
     the settings are unusable."""
+    specs, units = _split(config)
+    _plan_duplicates(config, units, source_options(config), len(specs))
+    return specs
+
+
+def _split(config: JobConfig) -> tuple[list[ShardSpec], list[SourceUnit]]:
+    """The shard specs and the units they hold: the plan without touching the output."""
     storage.configure(config)
     options = source_options(config)
     units = list_units(config.source, options)
@@ -139,8 +146,7 @@ def plan(config: JobConfig) -> list[ShardSpec]:
                 est_bytes=sum(u.size for u in group),
             )
         )
-    _plan_duplicates(config, units, options, len(specs))
-    return specs
+    return specs, units
 
 
 def _plan_duplicates(
@@ -234,7 +240,10 @@ def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, 
         run_id=config.run_id,
         config=config.public_dict(),
         pipeline_version=PIPELINE_VERSION,
-        price_per_million_chars=config.price_per_million_chars,
+        # the embedding model's price: the table's (prices), else price_per_million_chars
+        price_per_million_chars=(config.prices or {}).get(
+            config.embed_model_id, config.price_per_million_chars
+        ),
     )
     data = report.to_json()
     OutputStore(config.output).write_json("report.json", data)
@@ -273,10 +282,15 @@ def check_cost_ceiling(config: JobConfig) -> None:
 def prepare(config: JobConfig) -> list[ShardSpec]:
     """Everything that must hold before any paid call, for the CLI and the Airflow plan
     task alike: the source plans (``plan``), its cost is under the ceiling
-    (``check_cost_ceiling``), the output is writable (``preflight``). Returns the specs."""
-    specs = plan(config)
+    (``check_cost_ceiling``), the output is writable (``preflight``). Returns the specs.
+
+    Nothing touches the output before the source and the ceiling passed, and nothing but
+    the preflight probe before that probe passed: the plan's own writes (the run's
+    duplicate ids) come last, so a missing bucket is named by the probe."""
+    specs, units = _split(config)
     check_cost_ceiling(config)
     preflight(config)
+    _plan_duplicates(config, units, source_options(config), len(specs))
     return specs
 
 

@@ -73,6 +73,8 @@ def _rows(t: CommitTarget, part: PartWork) -> tuple[list[dict[str, Any]], list[d
                     "content_hash": c.content_hash,
                     "run_id": config.run_id,
                     "embedded_at": now,
+                    "section": c.section,
+                    "page": c.page,
                 }
                 row.update(extra)
                 embeddings.append(row)

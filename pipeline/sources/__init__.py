@@ -78,10 +78,12 @@ __all__ = [
 
 
 def _is_document(rel: str) -> bool:
+    """A document file by its name: a known suffix (optionally .gz), or no suffix at all
+    (what it is, is then told by its content)."""
     name = rel.lower()
     if name.endswith(GZIP_SUFFIX):
         name = name[: -len(GZIP_SUFFIX)]
-    return name.endswith(DOCUMENT_SUFFIXES)
+    return name.endswith(DOCUMENT_SUFFIXES) or "." not in name.rpartition("/")[2]
 
 
 def _list(

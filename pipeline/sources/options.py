@@ -13,11 +13,14 @@ from pipeline.errors import ConfigError
 
 #: Parquet files are recognised by name; content sniffing would cost a read per file.
 PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".parq", ".pq")
-PLAIN_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".rst", ".text")
-HTML_SUFFIXES: tuple[str, ...] = (".html", ".htm")
+PLAIN_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".markdown", ".rst", ".text")
+HTML_SUFFIXES: tuple[str, ...] = (".html", ".htm", ".xhtml")
 JSON_SUFFIXES: tuple[str, ...] = (".json",)
 JSONL_SUFFIXES: tuple[str, ...] = (".jsonl",)
-DOCUMENT_SUFFIXES: tuple[str, ...] = PLAIN_SUFFIXES + HTML_SUFFIXES + JSON_SUFFIXES + JSONL_SUFFIXES
+BINARY_DOCUMENT_SUFFIXES: tuple[str, ...] = (".pdf", ".docx")
+DOCUMENT_SUFFIXES: tuple[str, ...] = (
+    PLAIN_SUFFIXES + HTML_SUFFIXES + JSON_SUFFIXES + JSONL_SUFFIXES + BINARY_DOCUMENT_SUFFIXES
+)
 GZIP_SUFFIX = ".gz"
 
 #: Target size of a Parquet unit. Units are whole row groups, so a single row group larger
@@ -46,6 +49,10 @@ class SourceOptions:
     max_doc_chars: int = 50_000_000  # larger documents are rejected with a Failure
     glob: str | None = None  # directory source: only files matching this pattern
     follow_links: bool = False  # follow links whose target is outside the source root
+    # PDF: most pages, and seconds to read one (the parser runs in a child process that
+    # is killed at the deadline); see pipeline.sources.pdf
+    max_pdf_pages: int = 10_000
+    parse_timeout_s: float = 120.0
     #: Only files / objects modified in ``[modified_since, modified_until)`` (aware UTC
     #: datetimes; None: unbounded). An entry whose time is unknown is kept.
     modified_since: datetime | None = None
@@ -62,6 +69,10 @@ class SourceOptions:
             raise ConfigError("text_column must not be empty")
         if not self.json_text_field:
             raise ConfigError("json_text_field must not be empty")
+        if self.max_pdf_pages < 1:
+            raise ConfigError(f"max_pdf_pages must be at least 1, got {self.max_pdf_pages}")
+        if not self.parse_timeout_s > 0:
+            raise ConfigError(f"parse_timeout_s must be positive, got {self.parse_timeout_s}")
         for name in ("modified_since", "modified_until"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
