@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: seconds of the tokens-per-minute budget one burst may spend
 TOKEN_BURST_S = 6.0
+#: the fastest pace the request bucket keeps (10 units of 1 microsecond a request)
+MAX_PACED_RPS = 100_000.0
 #: the longest a server's Retry-After holds requests back
 MAX_RETRY_AFTER_S = 120.0
 #: a request is this many units of the request bucket, which tolerates REQUEST_SLACK
@@ -258,6 +260,8 @@ class Pacing:
         if state.limit > 0 or ceiling is not None or self.start_rps is None:
             return None
         rate = (state.rate or self.start_rps) * (1.0 + self.slow_start_growth)
+        if rate > MAX_PACED_RPS:  # far past any service's limit: grown enough
+            return None
         return dataclasses.replace(state, rate=rate)
 
     def may_cut(self, state: PaceState, now: float, rtt: float) -> bool:
