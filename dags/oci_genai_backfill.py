@@ -73,10 +73,12 @@ def _opt(kind: str, description: str, **schema: Any) -> Param:
         "output_dimensions": _opt("integer", "256, 512, 1024 or 1536 (OCI embed v4)"),
         "summaries": Param(True, type="boolean", description="Summarize each document"),
         "shards": Param(4, type="integer", description="Parallel shard tasks (at least 1)"),
-        "max_rpm": _opt("integer", "Requests per minute ceiling"),
-        "max_tpm": _opt("integer", "Tokens per minute ceiling"),
+        "max_rpm": _opt("integer", "Requests per minute ceiling of the job (its shards share it)"),
+        "max_tpm": _opt("integer", "Tokens per minute ceiling of the job (its shards share it)"),
         "max_in_flight": _opt("integer", "Concurrent requests per shard"),
-        "dry_run": Param(False, type="boolean", description="Count and price only"),
+        "dry_run": Param(
+            False, type="boolean", description="Count, price and time only: no model call"
+        ),
         "price_per_million_chars": _opt("number", "Price per million characters embedded"),
         "prices": _opt(
             "object",
