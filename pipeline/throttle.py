@@ -201,13 +201,16 @@ class Pacing:
       per success (doubling every few answers, so a service without a limit is reached
       within a second or two); unpaced when ``start_rps`` is None (the default: a local
       model never throttles; ``pipeline.budget`` sets a slow start for a remote service).
-    - On a 429 (at most once per ``cut_interval`` or round trip): the service's rate is
-      measured as the successes per second since the previous cut (or over the last
-      ``window_s`` for the first cut, which may still hold the service's burst), and
-      the rate is cut to ``cut`` times the lower of that and the rate in force.
-    - After a cut: back to ``plateau`` of the measured rate within ``ramp_s``, held there
-      for ``hold_requests`` requests' time, then grown by ``probe`` of it per second, to
-      find out whether the service allows more (on-demand limits change).
+    - On a 429 (at most once per ``cut_interval`` or round trip) the service's rate is
+      measured (:func:`measure_rate`): exactly, between 429s that come with no gap over
+      ``max_gap`` and span ``min_span``; else, for the first 429s of a job, as an upper
+      bound (the successes of the last ``window_s``, which may hold the service's burst).
+      Its ``limit`` becomes the lower of that and the rate in force.
+    - After a cut: from ``cut`` of the limit (``first_cut``, and over ``first_ramp_s``,
+      while the limit is only an upper bound) back up to ``plateau`` of it within
+      ``ramp_s``, held there for ``hold_requests`` requests' time, then grown by
+      ``probe`` of it per second, to find out whether the service allows more (on-demand
+      limits change).
 
     The state's own numbers, not the process's history, decide the rate, so several
     processes sharing one state (Redis) pace as one.
