@@ -61,6 +61,7 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import COMMITS, DATASETS, Checkpoint, CommitRecord
 from pipeline.config import new_run_id
 from pipeline.deletions import deleted_ids, finish_presence
+from pipeline.errors import ConfigError
 from pipeline.lease import run_lease
 from pipeline.sinks import OutputStore, final_name
 from pipeline.storage import StorageSettings
@@ -420,8 +421,8 @@ def _compact(
     report.deleted_documents = sum(1 for d in deleted if d in plan.newest_hash)
 
     unchanged: list[int] = []
-    rewrite: dict[tuple[str, str | None], list[tuple[int, list[list[str | None]]]]] = (
-        defaultdict(list)
+    rewrite: dict[tuple[str, str | None], list[tuple[int, list[list[str | None]]]]] = defaultdict(
+        list
     )
     superseded: list[int] = []
     small: dict[tuple[str, str | None], list[int]] = defaultdict(list)
@@ -439,11 +440,13 @@ def _compact(
             superseded.append(i)
         else:
             rewrite[key].append((i, kept))
-    for key, group in small.items():
-        if len(group) + len(rewrite.get(key, [])) >= 2:  # small parts merge
-            for i in group:
-                unchanged.remove(i)
+    merged: set[int] = set()
+    for key, few in small.items():
+        if len(few) + len(rewrite.get(key, [])) >= 2:  # small parts merge
+            for i in few:
+                merged.add(i)
                 rewrite[key].append((i, [list(d) for d in records[i].docs]))
+    unchanged = [i for i in unchanged if i not in merged]
     report.unchanged = len(unchanged)
     report.superseded = len(superseded)
     report.rewritten = sum(len(g) for g in rewrite.values())
@@ -464,7 +467,7 @@ def _compact(
             if buf.rows >= part_rows:
                 writer.flush(buf)
         writer.flush(buf)
-    old = [i for group in rewrite.values() for i, _ in group] + superseded
+    old = [i for members in rewrite.values() for i, _ in members] + superseded
     manifest = {
         "generation": gen,
         "run_id": run_id,
@@ -511,6 +514,10 @@ def compact(
     store = store or OutputStore(output, settings=settings)
     run_id = run_id or f"compact-{new_run_id()}"
     report = CompactReport(run_id=run_id)
+    if not store.list_dirs("_state"):
+        raise ConfigError(
+            f"output {store.uri}: not an output of a run (no _state/ in it); nothing to compact"
+        )
     with run_lease(store, run_id):
         _compact(store, run_id, part_rows, report)
         report.seconds = round(time.monotonic() - started, 3)

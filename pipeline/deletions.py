@@ -205,9 +205,7 @@ def _skipped(store: OutputStore, run_id: str, status: str, reason: str) -> dict[
     return summary
 
 
-def record_deletions(
-    store: OutputStore, config: JobConfig, shard_ids: list[str]
-) -> dict[str, Any]:
+def record_deletions(store: OutputStore, config: JobConfig, shard_ids: list[str]) -> dict[str, Any]:
     """Compare the ids the run's shards read with the snapshot; record what left.
 
     Returns ``{"status", "deleted", ...}``: ``recorded``, ``baseline`` or ``skipped``
@@ -218,9 +216,7 @@ def record_deletions(
     if state is not None and state.get("run_id") == run_id:
         return {"status": "recorded", "deleted": int(state.get("deleted", 0)), "again": True}
     if config.modified_since or config.modified_until:
-        return _skipped(
-            store, run_id, "skipped", "a modified window reads only part of the source"
-        )
+        return _skipped(store, run_id, "skipped", "a modified window reads only part of the source")
     folder = seen_dir(run_id)
     parts: list[pa.Array] = []
     for shard in shard_ids:
@@ -265,9 +261,7 @@ def record_deletions(
             schema=DELETIONS_SCHEMA,
         )
         deletions_rel = f"{DELETIONS}/deletions-{run_id}.parquet"
-        store.stage_parquet(
-            deletions_rel, table, {"oci_genai_batch.run_id": run_id}
-        )
+        store.stage_parquet(deletions_rel, table, {"oci_genai_batch.run_id": run_id})
     ids_rel = f"{PRESENCE_DIR}/{run_id}.arrow"
     write_ids(store, ids_rel, now_ids)
     store.write_json(
