@@ -294,7 +294,10 @@ def test_compact_killed_at_every_step_then_run_again(tmp_path: Path) -> None:
     assert killed >= 10
 
 
-def test_deletions_and_compact_on_object_storage(bucket: Bucket, tmp_path: Path) -> None:
+def test_deletions_and_compact_on_object_storage(
+    bucket: Bucket,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     src = str(tmp_path / "src.parquet")
     out = bucket.uri("compacted")
     docs = {f"d{i:02d}": _text(i) for i in range(12)}
