@@ -45,7 +45,7 @@ EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
 
 # Libraries that log one line per HTTP request at INFO: quiet unless -v.
-_CHATTY_LOGGERS = ("httpx", "httpcore", "oci", "urllib3")
+_CHATTY_LOGGERS = ("httpx", "httpcore", "oci", "urllib3", "pipeline.genai.oci_client")
 
 
 def _run_parser(sub: Any) -> None:

@@ -12,7 +12,6 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 
 from pipeline.errors import BadResponseError, ConfigError, ServiceError
@@ -325,7 +324,6 @@ class OciBackend(AsyncClosing):
         cls,
         config: JobConfig,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
         signer: Any = None,
     ) -> OciBackend:
         """The backend a job describes. The compartment is checked first, then the signer
@@ -358,7 +356,6 @@ class OciBackend(AsyncClosing):
             # cap: room for all of them, so a request never queues for a connection
             max_in_flight=config.max_in_flight * max(1, config.shards),
             timeout_s=config.timeout_s,
-            transport=transport,
         )
         return cls(
             client,
