@@ -18,6 +18,9 @@ or one of the :mod:`pipeline.errors` classes (the ``Caller`` above decides about
     timeout, refused, reset, ...        TransportError
     2xx but not a JSON object           BadResponseError
 
+An embedText answer is read by :func:`load_embed_answer`: its vectors go from the JSON
+text straight into one float32 array (simdjson), not through a Python float per number.
+
 Every request carries an ``opc-request-id`` of our own (``OGB-<client prefix>-<n>``), and
 every error carries it (or the service's, which OCI derives from it) as ``request_id``.
 """
@@ -34,11 +37,13 @@ import re
 import secrets
 import ssl
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
+import numpy as np
 import orjson
+import simdjson
 from yarl import URL
 
 from pipeline.errors import (
@@ -57,7 +62,13 @@ from pipeline.genai.base import AsyncClosing
 if TYPE_CHECKING:
     from pipeline.genai.oci_auth import OciRequestSigner
 
-__all__ = ["API_VERSION", "OciGenAIClient", "endpoint_for_region", "is_valid_request_id"]
+__all__ = [
+    "API_VERSION",
+    "OciGenAIClient",
+    "endpoint_for_region",
+    "is_valid_request_id",
+    "load_embed_answer",
+]
 
 #: one INFO line per answered request (``HTTP Request: POST <url> "HTTP/1.1 200 OK"``);
 #: the CLI keeps it at WARNING unless ``-v``
@@ -266,8 +277,9 @@ class OciGenAIClient(AsyncClosing):
     # ------------------------------------------------------------------ actions
 
     async def embed_text(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-        """POST /actions/embedText (EmbedTextDetails) → (EmbedTextResult, request id)."""
-        return await self.post("embedText", body)
+        """POST /actions/embedText (EmbedTextDetails) → (EmbedTextResult, request id);
+        ``embeddings`` as :func:`load_embed_answer` reads it."""
+        return await self.post("embedText", body, loads=load_embed_answer)
 
     async def chat(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         """POST /actions/chat (ChatDetails) → (ChatResult, request id)."""
@@ -285,10 +297,17 @@ class OciGenAIClient(AsyncClosing):
         """POST /actions/rerankText (RerankTextDetails) → (RerankTextResult, request id)."""
         return await self.post("rerankText", body)
 
-    async def post(self, action: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-        """One signed POST of ``body`` as JSON to ``/actions/<action>``. Returns the parsed
-        JSON object and the request id (the service's ``opc-request-id`` when it sends
-        one, else ours); raises a classified :class:`~pipeline.errors.GenAIError`."""
+    async def post(
+        self,
+        action: str,
+        body: Mapping[str, Any],
+        *,
+        loads: Callable[[bytes], Any] = orjson.loads,
+    ) -> tuple[dict[str, Any], str]:
+        """One signed POST of ``body`` as JSON to ``/actions/<action>``. Returns the JSON
+        object of a 2xx answer (read by ``loads``) and the request id (the service's
+        ``opc-request-id`` when it sends one, else ours); raises a classified
+        :class:`~pipeline.errors.GenAIError`."""
         rid = self.new_request_id()
         try:
             content = orjson.dumps(body)
@@ -337,7 +356,7 @@ class OciGenAIClient(AsyncClosing):
             error = TransportError(f"{action}: {_transport_text(exc)}", request_id=rid)
         if error is not None:
             raise error
-        return _parse(action, status, served, data, rid)
+        return _parse(action, status, served, data, rid, loads)
 
 
 async def _close_at_loop_end(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
@@ -379,7 +398,12 @@ def _transport_text(exc: BaseException) -> str:
 
 
 def _parse(
-    action: str, status: int, headers: Mapping[str, str], content: bytes, sent_id: str
+    action: str,
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    sent_id: str,
+    loads: Callable[[bytes], Any],
 ) -> tuple[dict[str, Any], str]:
     served_id = headers.get("opc-request-id")
     request_id = served_id or sent_id
@@ -388,7 +412,7 @@ def _parse(
         note = f" (sent opc-request-id {sent_id})" if sent_id not in request_id else ""
         raise classify(action, status, content, headers, request_id, note)
     try:
-        data = orjson.loads(content)
+        data = loads(content)
     except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict):
@@ -399,3 +423,54 @@ def _parse(
             request_id=request_id,
         )
     return data, request_id
+
+
+def load_embed_answer(content: bytes) -> Any:
+    """An embedText answer, as ``orjson.loads`` reads it, except that ``embeddings``, when
+    it is a list of equal-length lists of numbers, is one float32 ``(rows, dim)`` array.
+
+    simdjson parses the text and copies the numbers into one buffer: no Python float per
+    number (for 96x1024 floats ~1.4 ms of CPU, against ~5.5 ms for orjson, the array and
+    freeing the floats). Any other shape, a null, a string or a nested list among the
+    numbers, or text simdjson rejects, is read by orjson instead, so the caller's checks
+    see (and name) exactly what the service sent; invalid JSON raises
+    ``orjson.JSONDecodeError``."""
+    try:
+        doc = simdjson.Parser().parse(content)  # a parser per answer: no shared state
+        rows = doc.get("embeddings") if isinstance(doc, simdjson.Object) else None
+        vectors = _matrix(rows) if isinstance(rows, simdjson.Array) else None
+        if vectors is not None and isinstance(doc, simdjson.Object):
+            rest = {k: _plain(doc[k]) for k in doc.keys() if k != "embeddings"}  # noqa: SIM118
+            # Each "[" of the text opens the matrix, one of its rows, or a list of the
+            # rest: a list nested among the numbers (which the flat copy hides) adds one.
+            brackets = 1 + len(vectors) + orjson.dumps(rest).count(b"[")
+            if content.count(b"[") == brackets:
+                rest["embeddings"] = vectors
+                return rest
+    except (ValueError, TypeError, RuntimeError, OverflowError):
+        pass  # not for the fast path; orjson reads it, or says why it is not JSON
+    return orjson.loads(content)
+
+
+def _matrix(rows: simdjson.Array) -> np.ndarray | None:
+    """``rows`` as float32 ``(n, dim)`` if they are n > 0 lists of one length dim > 0,
+    holding only numbers; else None (TypeError from simdjson for a null or a string)."""
+    n = len(rows)
+    first = rows[0] if n else None
+    dim = len(first) if isinstance(first, simdjson.Array) else 0
+    if dim == 0 or any(not isinstance(r, simdjson.Array) or len(r) != dim for r in rows):
+        return None
+    flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
+    if flat.size != n * dim:
+        return None
+    with np.errstate(over="ignore"):  # beyond float32: infinite, which the caller refuses
+        return flat.astype(np.float32).reshape(n, dim)
+
+
+def _plain(value: Any) -> Any:
+    """A simdjson value as the Python value orjson would give."""
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value

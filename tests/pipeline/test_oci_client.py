@@ -42,7 +42,7 @@ from pipeline.errors import (
 )
 from pipeline.genai.base import SummarySettings
 from pipeline.genai.oci_backend import OciBackend, Utf8ByteCounter, build_prompt
-from pipeline.genai.oci_client import OciGenAIClient, is_valid_request_id
+from pipeline.genai.oci_client import OciGenAIClient, is_valid_request_id, load_embed_answer
 
 COMPARTMENT = "ocid1.compartment.oc1..aaaatest"
 USER = "ocid1.user.oc1..aaaatestuser"
@@ -356,12 +356,71 @@ def test_truncation_is_estimated_from_bytes(keys: Keys, tmp_path: Path, server: 
     assert result.truncated == [False, True]
 
 
+def test_embed_answers_are_read_into_one_array_as_orjson_would_read_them() -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((96, 1024)).astype(np.float32)
+    data = {
+        "id": "x[1]",  # a bracket in a string is not a row
+        "embeddings": vectors,
+        "modelId": "cohere.embed-v4.0",
+        "modelVersion": "4.0",
+        "usage": {"promptTokens": 4000, "totalTokens": 4000},
+        "other": [[1, 2], {"a": [None, True]}],
+    }
+    content = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    fast = load_embed_answer(content)
+    plain = orjson.loads(content)
+    assert isinstance(fast["embeddings"], np.ndarray)
+    assert fast["embeddings"].dtype == np.float32 and fast["embeddings"].shape == (96, 1024)
+    assert np.array_equal(fast["embeddings"], np.asarray(plain["embeddings"], np.float32))
+    assert {k: v for k, v in fast.items() if k != "embeddings"} == {
+        k: v for k, v in plain.items() if k != "embeddings"
+    }
+    # integers are numbers too
+    assert load_embed_answer(b'{"embeddings": [[1, 2], [3, 4.5]]}')["embeddings"].tolist() == [
+        [1.0, 2.0],
+        [3.0, 4.5],
+    ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"embeddings": [[1.0, null]]}',
+        b'{"embeddings": [[1.0, [2.0], 3.0]]}',
+        b'{"embeddings": [[1.0, 2.0], [3.0]]}',
+        b'{"embeddings": []}',
+        b'{"embeddings": "none"}',
+        b'{"id": "\\u005b", "embeddings": [[1.0]]}',  # an escaped bracket
+        b"[[1.0, 2.0]]",
+        b'{"embeddings": [[1.0, "2"]]}',  # numpy reads "2" as 2.0, as it always did
+    ],
+)
+def test_other_embed_answers_are_read_by_orjson(content: bytes) -> None:
+    got = load_embed_answer(content)
+    want = orjson.loads(content)
+    if isinstance(want, dict) and isinstance(got.get("embeddings"), np.ndarray):
+        got = {**got, "embeddings": got["embeddings"].tolist()}
+    assert got == want
+
+
+@pytest.mark.parametrize("content", [b'{"embeddings": [[1.0, 2.0]', b'{"embeddings": [[1e400]]}'])
+def test_an_embed_answer_orjson_refuses_is_a_json_error(content: bytes) -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        load_embed_answer(content)
+
+
 @pytest.mark.parametrize(
     ("data", "what"),
     [
         ({"embeddings": [[1.0, 2.0], [3.0]]}, "different lengths"),
         ({"embeddings": [[1.0, 2.0]]}, "1 embeddings for 2 inputs"),
         ({"embeddings": [[1.0, None], [1.0, 2.0]]}, "non-numeric"),
+        # as many numbers as 2 x 3, but not as 2 rows of 3
+        ({"embeddings": [[1.0, [2.0], 3.0], [1.0, 2.0, 3.0]]}, "non-numeric"),
+        ({"embeddings": [[1.0], [2.0, 3.0, 4.0, 5.0, 6.0]]}, "1 embeddings|different lengths"),
+        ({"embeddings": [[[1.0]], [[2.0]]]}, "non-numeric"),
+        ({"embeddings": [[1e39, 2.0], [1.0, 2.0]]}, "infinite"),  # beyond float32
         ({"id": "no vectors"}, "no embeddings"),
     ],
 )
