@@ -122,6 +122,11 @@ class Utf8ByteCounter:
             starts = np.repeat(np.arange(n, dtype=np.intp), _utf8_widths(text))
         return starts, starts + 1
 
+    def extent(self, text: str) -> tuple[int, int] | None:
+        """The first span's start and the last's end: every character is in a span, so
+        the whole text (None when empty)."""
+        return (0, len(text)) if text else None
+
     def count(self, text: str) -> int:
         """The byte length of ``text`` in UTF-8 (lone surrogates as 3 bytes)."""
         return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

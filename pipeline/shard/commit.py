@@ -42,7 +42,9 @@ class CommitTarget:
     input_type: str | None
 
 
-def _passthrough(config: JobConfig, doc: Document) -> dict[str, Any]:
+def _passthrough(config: JobConfig, doc: Document) -> dict[str, Any] | None:
+    if not config.passthrough:
+        return None
     return {name: doc.extra.get(name) for name in config.passthrough}
 
 
@@ -74,7 +76,8 @@ def _rows(t: CommitTarget, part: PartWork) -> tuple[list[dict[str, Any]], list[d
                     "run_id": config.run_id,
                     "embedded_at": now,
                 }
-                row.update(extra)
+                if extra:
+                    row.update(extra)
                 embeddings.append(row)
         s = w.summary
         if s is not None:
@@ -91,7 +94,7 @@ def _rows(t: CommitTarget, part: PartWork) -> tuple[list[dict[str, Any]], list[d
                     "content_hash": w.content_hash,
                     "run_id": config.run_id,
                     "created_at": now,
-                    **extra,
+                    **(extra or {}),
                 }
             )
     return embeddings, summaries

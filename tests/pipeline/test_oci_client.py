@@ -1022,6 +1022,17 @@ def test_utf8_byte_counter() -> None:
         assert counter.count(text) == len(counter.spans(text))
 
 
+def test_utf8_byte_counter_extent_is_what_its_spans_give() -> None:
+    from pipeline.chunking import _extent
+
+    class SpansOnly:  # the same counter without its extent shortcut
+        name, special_tokens = "utf8-bytes", 0
+        spans = staticmethod(Utf8ByteCounter().spans)
+
+    for text in ("a", "  padded  ", "naïve café €5 😀", "x" * 31, "é" * 40, "word " * 100, ""):
+        assert Utf8ByteCounter().extent(text) == _extent(SpansOnly(), text)
+
+
 def test_utf8_byte_counter_is_fast_on_big_texts() -> None:
     import time
 
