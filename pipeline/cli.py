@@ -296,7 +296,7 @@ def _freeze_start_up(backend: str) -> None:
     waits for 20,000 new objects instead of 700: a run keeps ~10 objects per document in
     flight (tens of thousands) and makes almost no cycles, and the default thresholds
     walked them in ~1,100 collections per 60,000 documents. Together: the GC's share of a
-    60,000-input run's CPU from ~13 % to ~4 % (bench/bench_cpu.py, bench/bench_pipe.py)."""
+    60,000-input run's CPU from ~13 % to ~5 % (bench/bench_cpu.py, bench/bench_pipe.py)."""
     if backend == "oci":
         import oci.signer  # noqa: F401
 
