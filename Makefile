@@ -70,16 +70,21 @@ test: $(STAMP) lint test-tools
 
 # Test tools from Debian, installed when missing (apt-get update only if the first try
 # fails): docker-compose validates docker-compose.yaml (tests/deploy), headless chromium
-# renders the runs page (tests/airflow). Without them those tests fail and say why.
-TEST_TOOLS := docker-compose chromium
+# renders the runs page (tests/airflow), LibreOffice (soffice, from
+# libreoffice-writer-nogui) converts a manual page to DOCX and PDF for
+# tests/pipeline/test_documents.py, whose real documents scripts/test-documents.sh then
+# fetches into .cache/test-documents (Debian's postgresql-doc-15 and bash-doc; once).
+# Without them those tests fail and say why. Each entry is command:package.
+TEST_TOOLS := docker-compose:docker-compose chromium:chromium soffice:libreoffice-writer-nogui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: test-tools
 test-tools:
-	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
 	  || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } \
 	  || { echo "make test-tools: cannot install$$missing from Debian" >&2; exit 1; }; fi
+	@scripts/test-documents.sh .cache/test-documents
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_local.py
@@ -91,6 +96,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_pipe.py
 	$(BIN)/python bench/bench_celery.py
 	$(BIN)/python bench/bench_airflow_demo.py
+	$(BIN)/python bench/bench_documents.py
+	$(BIN)/python bench/bench_objectstore.py
+	$(BIN)/python bench/bench_object_output.py
+	$(BIN)/python bench/bench_object_io.py
 
 clean:
-	rm -rf out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache .cache

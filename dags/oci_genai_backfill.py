@@ -17,6 +17,11 @@ Tasks:
 With `backend: oci` the `conn_id` connection (type `oci_genai`) supplies credentials, region,
 endpoints, compartment and default models and limits; `local` (the embedded default) and
 `hash` need no connection. `dry_run: true` only counts documents, characters and cost.
+
+A prefix or date-range backfill: put the prefix in `source`
+(`oci://bucket@namespace/docs/2026/`), narrow by name with `glob` (`*.jsonl`) and by time
+modified with `modified_since` / `modified_until` (ISO 8601, UTC when no zone;
+`[since, until)`). A window that selects nothing is a run with nothing to do.
 """
 
 from __future__ import annotations
@@ -50,6 +55,16 @@ def _opt(kind: str, description: str, **schema: Any) -> Param:
         ),
         "output": Param("out/demo", type="string", description="Where the datasets go"),
         "glob": _opt("string", "Only source files matching this pattern (prefix/date range)"),
+        "modified_since": _opt(
+            "string",
+            "Only files / objects modified at or after this instant: an ISO 8601 date or"
+            " date-time, UTC when it has no zone (2026-01-31, 2026-01-31T06:00:00Z)",
+        ),
+        "modified_until": _opt(
+            "string",
+            "Only files / objects modified before this instant (ISO 8601, UTC when no zone);"
+            " with modified_since a date range [since, until)",
+        ),
         "backend": Param("local", type="string", enum=["local", "oci", "hash"]),
         "embed_model": _opt("string", "Embedding model (default: the backend's)"),
         "summary_model": _opt("string", "Summary model (default: the backend's)"),

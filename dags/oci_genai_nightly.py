@@ -17,6 +17,12 @@ Configure without editing code:
   `{"source": "oci://bucket@ns/docs/", "output": "oci://out@ns/emb/", "backend": "oci"}`,
   or env `OCI_GENAI_NIGHTLY_SOURCE`, `OCI_GENAI_NIGHTLY_OUTPUT`, `OCI_GENAI_NIGHTLY_BACKEND`;
 - credentials: the `conn_id` connection (type `oci_genai`, default `oci_genai_default`).
+
+No modified window is derived from the schedule: every document is read each night and the
+content-hash skip sends only what changed. A window from the last run would lose documents
+whose read failed transiently, objects uploaded while that listing ran, and (after a model
+change) every unchanged document due for re-embedding. A fixed cut-off can be set in the
+Variable (`"modified_since": "2026-01-01"`).
 """
 
 from __future__ import annotations

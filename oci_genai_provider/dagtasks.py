@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -25,11 +25,13 @@ from airflow.sdk import Asset, AssetAlias, get_current_context, task  # noqa: TI
 from airflow.sdk.exceptions import (  # noqa: TID251
     AirflowFailException,
     AirflowNotFoundException,
+    AirflowSkipException,
 )
 
 from oci_genai_provider import DEFAULT_CONN_ID
 from oci_genai_provider.fields import ConnectionFieldError
 from pipeline import tasks as core
+from pipeline.storage import OCI_SCHEMES, scheme_of
 
 log = logging.getLogger("oci_genai")
 
@@ -70,19 +72,37 @@ def fail_fast_on_permanent_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def connection_settings(
-    conn_id: str | None, backend: str | None, *, key_only: bool = False
+    conn_id: str | None,
+    backend: str | None,
+    *,
+    key_only: bool = False,
+    uris: Iterable[str | None] = (),
 ) -> Iterator[dict[str, Any]]:
-    """The connection's OCI settings for ``backend: oci``; nothing for local/hash (the
-    embedded default needs no connection). ``key_only``: see ``OciGenAIHook.job_settings``
-    (the plan fixed the other settings; a shard task only needs its own key file)."""
-    if backend != "oci":
+    """The connection's OCI settings for ``backend: oci``, or for a run whose source or
+    output (``uris``) is on OCI Object Storage (``oci://``), which is signed with the same
+    settings; nothing otherwise (the embedded default needs no connection). For ``oci://``
+    alone a missing connection is no error: the job's own settings (``auth``, ...) sign.
+    ``key_only``: see ``OciGenAIHook.job_settings`` (the plan fixed the other settings; a
+    shard task only needs its own key file)."""
+    on_oci = any(scheme_of(u or "") in OCI_SCHEMES for u in uris)
+    if backend != "oci" and not on_oci:
         yield {}
         return
     from oci_genai_provider.hooks import OciGenAIHook
 
     hook = OciGenAIHook(conn_id or DEFAULT_CONN_ID)
-    with hook.job_settings(key_only=key_only) as settings:
+    if backend != "oci":
+        try:
+            hook.get_connection(hook.oci_genai_conn_id)
+        except AirflowNotFoundException:
+            yield {}
+            return
+    with hook.job_settings(key_only=key_only, genai=backend == "oci") as settings:
         yield settings
+
+
+def _uris(config: Mapping[str, Any]) -> tuple[Any, Any]:
+    return config.get("source"), config.get("output")
 
 
 def job_conf(params: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -116,7 +136,11 @@ def plan(variable: str | None = None, defaults: dict[str, Any] | None = None) ->
     conf = job_conf(params, extra)
     with (
         fail_fast_on_permanent_errors(),
-        connection_settings(params.get("conn_id"), conf.get("backend", "local")) as overrides,
+        connection_settings(
+            params.get("conn_id"),
+            conf.get("backend", "local"),
+            uris=(conf.get("source"), conf.get("output")),
+        ) as overrides,
     ):
         planned = core.plan_job(conf, overrides=overrides)
     if planned.get("dry_run"):
@@ -145,22 +169,38 @@ def run_shard(config: dict[str, Any], shard: dict[str, Any] | str) -> dict[str, 
     conn_id = dict(context["params"]).get("conn_id")
     with (
         fail_fast_on_permanent_errors(),
-        connection_settings(conn_id, config.get("backend"), key_only=True) as overrides,
+        connection_settings(
+            conn_id, config.get("backend"), key_only=True, uris=_uris(config)
+        ) as overrides,
     ):
         return core.run_shard_task(
             config, shard, overrides=overrides, progress_every=PROGRESS_EVERY_S, emit=log.info
         )
 
 
-@task(outlets=[OUTPUT_ALIAS], multiple_outputs=False, retries=2, retry_delay=RETRY_DELAY)
+@task(
+    outlets=[OUTPUT_ALIAS],
+    multiple_outputs=False,
+    retries=2,
+    retry_delay=RETRY_DELAY,
+    # a plan of no shards (a modified window that selects nothing) maps run_shard over
+    # nothing, which Airflow marks skipped: the commit still writes the (empty) report
+    trigger_rule="none_failed",
+)
 def commit(config: dict[str, Any]) -> dict[str, Any]:
     """Merge the shard reports found in the output (not in XCom) into
-    ``OUTPUT/report.json`` and emit an Asset event for the output's URI."""
+    ``OUTPUT/report.json`` and emit an Asset event for the output's URI. Runs unless a
+    shard failed, so also after a plan of no shards; skipped after a dry run, which
+    writes nothing."""
+    if config.get("dry_run"):
+        raise AirflowSkipException("dry run: nothing to commit")
     context = get_current_context()
     conn_id = dict(context["params"]).get("conn_id")
     with (
         fail_fast_on_permanent_errors(),
-        connection_settings(conn_id, config.get("backend"), key_only=True) as overrides,
+        connection_settings(
+            conn_id, config.get("backend"), key_only=True, uris=_uris(config)
+        ) as overrides,
     ):
         result = core.commit_job(config, overrides=overrides)
     uri = output_uri(result["output"])

@@ -140,10 +140,12 @@ def _get(extra: Mapping[str, Any], name: str) -> Any:
 
 
 def settings_from_extra(
-    conn_id: str, extra: Mapping[str, Any]
+    conn_id: str, extra: Mapping[str, Any], *, genai: bool = True
 ) -> tuple[dict[str, Any], dict[str, str] | None]:
     """``(settings, inline)``: the JobConfig keys the connection sets (unset ones left
     out), and the inline key material when the key is in the connection (else None).
+    ``genai=False``: the settings only sign Object Storage requests (``oci://`` sources
+    and outputs of a local or hash run), so no compartment is needed.
     Raises ConnectionFieldError naming the missing or bad field."""
     where = f"connection {conn_id!r} (type oci_genai)"
     settings: dict[str, Any] = {}
@@ -162,7 +164,7 @@ def settings_from_extra(
     auth = settings.setdefault("auth", "api_key")
     if auth not in AUTH_TYPES:
         raise ConnectionFieldError(f"{where}: auth {auth!r} is not one of {', '.join(AUTH_TYPES)}")
-    if not settings.get("compartment"):
+    if genai and not settings.get("compartment"):
         raise ConnectionFieldError(f"{where}: compartment is required (the compartment OCID)")
     given = [n for n in INLINE_FIELDS if _get(extra, n) is not None]
     if not given:

@@ -39,17 +39,24 @@ class OciGenAIHook(BaseHook):
         return {**settings, "inline_key": inline is not None}
 
     @contextlib.contextmanager
-    def job_settings(self, *, key_only: bool = False) -> Iterator[dict[str, Any]]:
+    def job_settings(
+        self, *, key_only: bool = False, genai: bool = True
+    ) -> Iterator[dict[str, Any]]:
         """JobConfig keys (``backend="oci"`` and the connection's OCI settings); an inline
         key is written to a 0600 file in a 0700 directory removed on exit.
 
         ``key_only``: only what is local to this process, the inline key's profile
         (``oci_config``, ``oci_profile``), or nothing for a config-file connection. The
         shard and commit tasks use this: the rest of a run's settings were fixed by its
-        plan and travel in the run's config."""
+        plan and travel in the run's config. ``genai=False``: the settings sign only
+        Object Storage (``oci://`` with another backend): no ``backend`` key, and no
+        compartment required."""
         conn = self.get_connection(self.oci_genai_conn_id)
-        settings, inline = settings_from_extra(self.oci_genai_conn_id, conn.extra_dejson)
-        settings["backend"] = "oci"
+        settings, inline = settings_from_extra(
+            self.oci_genai_conn_id, conn.extra_dejson, genai=genai
+        )
+        if genai:
+            settings["backend"] = "oci"
         if inline is None:
             yield {} if key_only else settings
             return

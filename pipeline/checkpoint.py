@@ -2,16 +2,19 @@
 
 A shard writes its output in *parts*. Committing part ``seq`` of shard ``S``:
 
-1. stage each table (``embeddings/``, ``summaries/``, ``failures/``) — locally under a
-   hidden temporary name unique to the writer (``.NAME.<writer>.tmp``), on object storage
-   directly under its final key;
-2. write ``_state/commits/S/<seq>.json`` atomically and only if absent — **this is the
-   commit point**; the record names the writer whose temporary files it commits;
-3. publish the staged files under their final names (local rename).
+1. stage each table (``embeddings/``, ``summaries/``, ``failures/``) under a name unique
+   to the writer that no reader sees (``OutputStore.stage_parquet``): locally
+   ``DIR/.NAME.<writer>.tmp``, on object storage ``_state/staging/DIR/.NAME.<writer>.tmp``;
+2. write ``_state/commits/S/<seq>.json`` atomically and only if absent (a hard link
+   locally, a conditional PUT on object storage) — **this is the commit point**; the record
+   names the writer whose staged files it commits;
+3. publish the staged files under their final names (``OutputStore.publish``: a local
+   rename; OCI RenameObject; copy then delete on S3).
 
-On resume, ``recover(S)`` rolls step 3 forward for every committed part and deletes any
-file of shard ``S`` that no commit record names, and every leftover temporary file of
-``S``. So a kill at any instant loses no committed row and never leaves a duplicate.
+On resume, ``recover(S)`` rolls step 3 forward for every committed part, deletes every
+writer's leftover staged file of ``S`` and any final-named file of ``S`` that no commit
+record names. So a kill at any instant loses no committed row and never leaves a
+duplicate, and no file a reader sees is ever uncommitted.
 
 One writer per shard: ``recover`` assumes no other live process writes shard ``S``, which
 the shard lease (``pipeline.lease.shard_lease``) guarantees. While this process holds that
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +39,7 @@ import orjson
 
 from pipeline.errors import LockedError
 from pipeline.lease import active_shard_lease, check_shard_writer
-from pipeline.sinks import OutputStore
+from pipeline.sinks import OutputStore, final_name, is_temp_name
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +94,15 @@ class CommitRecord:
 
 
 class Index:
-    """What is committed: doc_id -> (content_hash, state), for embeddings and summaries."""
+    """What is committed: doc_id -> (content_hash, state), for embeddings and summaries.
+
+    ``embed_plain`` holds embeddings committed under the fingerprint of the chunker before
+    sections existed: they stand for documents without sections (chunked the same way by
+    both), not for documents with sections."""
 
     def __init__(self) -> None:
         self.embed: dict[str, tuple[str, str]] = {}
+        self.embed_plain: dict[str, tuple[str, str]] = {}
         self.summary: dict[str, tuple[str, str]] = {}
 
     def __len__(self) -> int:
@@ -106,8 +115,19 @@ class Index:
             return True
         return retry and entry[1] == FAILED
 
-    def needs_embedding(self, doc_id: str, chash: str, retry_failed: bool = False) -> bool:
-        return self._needs(self.embed, doc_id, chash, retry_failed)
+    def needs_embedding(
+        self, doc_id: str, chash: str, retry_failed: bool = False, sectioned: bool = False
+    ) -> bool:
+        """Whether ``doc_id`` with this text still needs embedding; ``sectioned``: the
+        document has sections (rows from before sections existed do not stand for it)."""
+        if not self._needs(self.embed, doc_id, chash, retry_failed):
+            return False
+        if sectioned or doc_id not in self.embed_plain:
+            return True
+        entry = self.embed.get(doc_id)
+        if entry is not None and entry[0] == chash:
+            return True  # committed (failed) under the current fingerprint: that decides
+        return self._needs(self.embed_plain, doc_id, chash, retry_failed)
 
     def needs_summary(self, doc_id: str, chash: str, retry_failed: bool = False) -> bool:
         return self._needs(self.summary, doc_id, chash, retry_failed)
@@ -128,13 +148,19 @@ class Checkpoint:
         out.sort(key=lambda r: (r.committed_at, r.shard, r.seq))
         return out
 
-    def load_index(self, embed_fp: str, summary_fp: str | None) -> Index:
+    def load_index(
+        self, embed_fp: str, summary_fp: str | None, plain_embed_fp: str | None = None
+    ) -> Index:
+        """The index of what is committed under these fingerprints; ``plain_embed_fp`` is
+        the embed fingerprint without the sectioned chunker (see :class:`Index`)."""
         index = Index()
         for rec in self.records():
             for doc_id, chash, e_state, s_state in rec.docs:
                 assert doc_id is not None and chash is not None
                 if e_state and rec.embed_fp == embed_fp:
                     index.embed[doc_id] = (chash, e_state)
+                elif e_state and plain_embed_fp and rec.embed_fp == plain_embed_fp:
+                    index.embed_plain[doc_id] = (chash, e_state)
                 if s_state and summary_fp and rec.summary_fp == summary_fp:
                     index.summary[doc_id] = (chash, s_state)
         return index
@@ -155,13 +181,17 @@ class Checkpoint:
         removed: list[str] = []
         prefix = f"part-{shard}-"
         for dataset in DATASETS:
+            # every staged file left now is a dead writer's (one writer per shard)
+            for staged in self.store.staged_files(dataset):
+                if final_name(posixpath.basename(staged)).startswith(prefix):
+                    self.store.delete(staged)
+                    removed.append(staged)
             for name in self.store.list_files(dataset):
-                bare = _final_name(name)
-                if not bare.startswith(prefix):
+                if is_temp_name(name) or not name.startswith(prefix):
                     continue
-                # every temporary file left now is a dead writer's (one writer per shard);
-                # a final name no record holds is an object-store style orphan
-                if name != bare or f"{dataset}/{bare}" not in committed:
+                # a final name no record holds: a part written in place by an earlier
+                # version on object storage, killed before its commit record
+                if f"{dataset}/{name}" not in committed:
                     self.store.delete(f"{dataset}/{name}")
                     removed.append(f"{dataset}/{name}")
         for name in self.store.list_files(f"{COMMITS}/{shard}"):
@@ -190,15 +220,3 @@ class Checkpoint:
             ) from None
         for part in record.files.values():
             self.store.publish(part, writer=record.writer)
-
-
-def _final_name(name: str) -> str:
-    """``part-S-000001.parquet`` for itself and for its temporary names
-    ``.part-S-000001.parquet.<writer>.tmp`` and (earlier versions) ``.part-…parquet.tmp``."""
-    if not (name.startswith(".") and name.endswith(".tmp")):
-        return name
-    inner = name[1:-4]
-    if inner.endswith(".parquet"):
-        return inner
-    head, _, _token = inner.rpartition(".")
-    return head

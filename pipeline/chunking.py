@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.genai.base import TokenCounter, count_tokens
-from pipeline.models import Chunk, Document
+from pipeline.models import Chunk, Document, Section
 
 # Characters tokenized at once; grown when one segment holds less than one chunk.
 _SEGMENT_CHARS = 64_000
@@ -30,6 +30,10 @@ _SENTENCE_END = frozenset(".!?;:")
 _FIT_CHARS_PER_TOKEN = 8
 # Characters at each end of a one-chunk document tokenized to find its first and last token
 _EDGE_CHARS = 32
+#: Version of the sectioned scheme (cut at sections first, then by tokens). It is part of
+#: the embed fingerprint and of the chunk ids of documents with sections; documents
+#: without sections are chunked as before and keep their ids.
+SECTIONS_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +122,81 @@ def _prefer_boundary(text: str, starts: list[int], ends: list[int], i: int, j: i
 def chunk_document(
     doc: Document, counter: TokenCounter, settings: ChunkSettings
 ) -> Iterator[Chunk]:
-    """Split one document into chunks of at most ``settings.max_tokens`` tokens."""
+    """Split one document into chunks of at most ``settings.max_tokens`` tokens.
+
+    A document with ``sections`` is cut at their boundaries first (a chunk never runs
+    across a heading or a page), then each section as a document of its own; every chunk
+    records its section's heading path and page. Without sections the chunks are exactly
+    those of the plain chunker, ids included."""
     text = doc.text
     chash = doc.content_hash
     key = _settings_key(settings, counter.name)
     budget = settings.max_tokens - counter.special_tokens
     if budget < 4:
         raise ValueError(f"max_tokens {settings.max_tokens} leaves no room after special tokens")
+    if not doc.sections:
+        for index, (start, end, piece, tokens) in enumerate(
+            _windows(text, counter, settings, budget)
+        ):
+            yield Chunk(
+                doc_id=doc.doc_id,
+                chunk_id=chunk_id(doc.doc_id, chash, key, index),
+                chunk_index=index,
+                char_start=start,
+                char_end=end,
+                text=piece,
+                token_count=tokens,
+                content_hash=chash,
+            )
+        return
+    # the sectioned scheme gives other chunks for the same text: other ids
+    key = f"{key}/sections-{SECTIONS_VERSION}"
+    index = 0
+    for lo, hi, section in section_spans(doc):
+        for start, end, piece, tokens in _windows(text[lo:hi], counter, settings, budget):
+            yield Chunk(
+                doc_id=doc.doc_id,
+                chunk_id=chunk_id(doc.doc_id, chash, key, index),
+                chunk_index=index,
+                char_start=lo + start,
+                char_end=lo + end,
+                text=piece,
+                token_count=tokens,
+                content_hash=chash,
+                section=section.path,
+                page=section.page,
+            )
+            index += 1
+
+
+def section_spans(doc: Document) -> list[tuple[int, int, Section]]:
+    """``(start, end, section)`` of each part of the text chunked on its own: the text
+    before the first section (no path, no page) and each section to the next. A section
+    with nothing after its heading line joins the next one (which names it: a bare
+    chapter heading followed by its first subsection is one part, under the subsection)."""
+    text = doc.text
+    bounds = list(doc.sections)
+    if bounds[0].start > 0:
+        bounds.insert(0, Section(0))
+    spans: list[tuple[int, int, Section]] = []
+    carry: int | None = None  # start of heading-only sections joining the next one
+    for i, section in enumerate(bounds):
+        last = i + 1 == len(bounds)
+        end = len(text) if last else max(bounds[i + 1].start, section.start)
+        if end <= section.start:
+            continue
+        if not last and not text[section.body_start : end].strip():
+            carry = section.start if carry is None else carry
+            continue
+        spans.append((section.start if carry is None else carry, end, section))
+        carry = None
+    return spans
+
+
+def _windows(
+    text: str, counter: TokenCounter, settings: ChunkSettings, budget: int
+) -> Iterator[tuple[int, int, str, int]]:
+    """``(char_start, char_end, text, token_count)`` of each chunk of ``text``."""
     # the common case: the whole text fits in one chunk; counting is cheaper than spans
     total = (
         count_tokens(counter, text)
@@ -136,18 +208,8 @@ def chunk_document(
         if edges is None:
             return
         start, end = edges
-        yield Chunk(
-            doc_id=doc.doc_id,
-            chunk_id=chunk_id(doc.doc_id, chash, key, 0),
-            chunk_index=0,
-            char_start=start,
-            char_end=end,
-            text=text[start:end],
-            token_count=total,
-            content_hash=chash,
-        )
+        yield start, end, text[start:end], total
         return
-    index = 0
     pos = 0
     seg_chars = _SEGMENT_CHARS
     n = len(text)
@@ -183,17 +245,7 @@ def chunk_document(
                 end = ends[j - 1]
                 piece = text[start:end]
                 tokens = count_tokens(counter, piece)
-            yield Chunk(
-                doc_id=doc.doc_id,
-                chunk_id=chunk_id(doc.doc_id, chash, key, index),
-                chunk_index=index,
-                char_start=start,
-                char_end=end,
-                text=piece,
-                token_count=tokens,
-                content_hash=chash,
-            )
-            index += 1
+            yield start, end, piece, tokens
             if j >= len(starts):
                 i = len(starts)
                 break

@@ -72,6 +72,17 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--json-text-field")
     p.add_argument("--glob", help="directory sources: only files matching this pattern")
     p.add_argument("--follow-links", action="store_true", default=None, help="follow outside links")
+    p.add_argument(
+        "--modified-since",
+        metavar="WHEN",
+        help="only files / objects modified at or after WHEN (ISO 8601 date or date-time,"
+        " UTC when no zone)",
+    )
+    p.add_argument(
+        "--modified-until",
+        metavar="WHEN",
+        help="only files / objects modified before WHEN (ISO 8601; UTC when no zone)",
+    )
     p.add_argument("--batch-docs", type=int, help="documents per source read batch")
     p.add_argument("--part-rows", type=int, help="chunk rows per committed part (at most)")
     p.add_argument("--part-bytes", type=int, help="estimated output bytes per part (at most)")
@@ -108,7 +119,9 @@ def _run_parser(sub: Any) -> None:
 
 def _emulator_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "emulator", help="serve a local emulator of the OCI Generative AI inference API"
+        "emulator",
+        help="serve a local emulator of the OCI Generative AI inference API "
+        "(and of Object Storage with --os-root)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: pick a free port (printed)")
@@ -118,6 +131,14 @@ def _emulator_parser(sub: Any) -> None:
         "--write-dev-config",
         metavar="DIR",
         help="write a new API key and OCI config profile for development into DIR, and exit",
+    )
+    p.add_argument(
+        "--os-root",
+        metavar="DIR",
+        help="also serve Object Storage: each subdirectory of DIR is a bucket, its files objects",
+    )
+    p.add_argument(
+        "--os-namespace", default="emulator", help="the Object Storage namespace (emulator)"
     )
     p.add_argument("--embedder", choices=("local", "hash"), default="local")
     p.add_argument("--dim", type=int, help="embedding size instead of the model's default")

@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import yaml
@@ -94,6 +94,10 @@ class JobConfig:
     json_text_field: str = "text"
     glob: str | None = None
     follow_links: bool = False  # directory sources: follow links that leave the source
+    # only files / objects modified in [modified_since, modified_until): ISO 8601 dates or
+    # date-times, UTC when no zone; kept in the canonical form 2026-01-31T06:00:00Z
+    modified_since: str | None = None
+    modified_until: str | None = None
     # execution
     batch_docs: int = 256
     # a committed part closes at this many chunk rows or estimated output bytes
@@ -167,6 +171,25 @@ class JobConfig:
             )
         if self.max_cost is not None and self.price_per_million_chars is None:
             raise ConfigError("max_cost: needs price_per_million_chars to estimate a cost")
+        self._check_window()
+
+    def _check_window(self) -> None:
+        """``modified_since`` / ``modified_until`` parsed, put in canonical UTC form, and
+        in order."""
+        for name in ("modified_since", "modified_until"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                value = None  # an emptied form field: no bound
+            if value is not None:
+                value = format_instant(parse_instant(name, value))
+            object.__setattr__(self, name, value)
+        since, until = self.modified_window
+        if since is not None and until is not None and since >= until:
+            raise ConfigError(
+                f"modified_since: {self.modified_since} is not before modified_until"
+                f" {self.modified_until} (the window is [since, until): since inclusive,"
+                " until exclusive)"
+            )
 
     def _check_ranges(self) -> None:
         """Integers within ``INT_RANGES``, finite non-negative money, a safe run id."""
@@ -204,6 +227,15 @@ class JobConfig:
     @property
     def default_chunk_tokens(self) -> int:
         return _BACKEND_DEFAULTS[self.backend][2]
+
+    @property
+    def modified_window(self) -> tuple[datetime | None, datetime | None]:
+        """``(since, until)`` as aware UTC datetimes (None: unbounded)."""
+        since, until = self.modified_since, self.modified_until
+        return (
+            datetime.fromisoformat(since) if since else None,
+            datetime.fromisoformat(until) if until else None,
+        )
 
     def replace(self, **changes: Any) -> JobConfig:
         return dataclasses.replace(self, **changes)
@@ -282,6 +314,36 @@ class JobConfig:
             for key, value in data.items()
         }
         return cls(**kwargs)
+
+
+def parse_instant(name: str, value: object) -> datetime:
+    """An ISO 8601 date (midnight UTC) or date-time (UTC when it has no zone) as an
+    aware UTC datetime; a ConfigError naming ``name`` otherwise."""
+    moment: datetime | None = None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    else:
+        text = str(value).strip()
+        try:
+            # fromisoformat takes dates, "T" or " " date-times, offsets and "Z"
+            moment = datetime.fromisoformat(text) if text else None
+        except ValueError:
+            moment = None
+    if moment is None:
+        raise ConfigError(
+            f"{name}: {value!r} is not an ISO 8601 date or date-time (for example"
+            " 2026-01-31, 2026-01-31T06:00:00Z or 2026-01-31T08:00:00+02:00)"
+        )
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def format_instant(moment: datetime) -> str:
+    """The canonical text of an instant: ISO 8601 in UTC with a ``Z``."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _finite(value: object) -> bool:

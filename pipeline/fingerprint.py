@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.chunking import ChunkSettings
+from pipeline.chunking import SECTIONS_VERSION, ChunkSettings
 from pipeline.config import JobConfig
 from pipeline.genai.base import Backend, SummarySettings
 from pipeline.mapreduce import MAPREDUCE_VERSION
@@ -32,10 +32,15 @@ def fingerprints(
     extractiveness, the input budget beyond which a document is summarized map-reduce
     (with the map-reduce version, as it changes those summaries), and whatever the
     backend's ``summary_fingerprint(settings)`` adds (for oci: the action, chat format,
-    prompt version, temperature, answer token cap and serving mode)."""
+    prompt version, temperature, answer token cap and serving mode). The embed fingerprint
+    holds the backend's, the chunker settings and the version of the sectioned scheme
+    (see :func:`plain_embed_fingerprint`)."""
     embed = {
         **backend.fingerprint(),
-        "chunking": chunking.fingerprint(backend.token_counter),
+        "chunking": {
+            **chunking.fingerprint(backend.token_counter),
+            "sections": SECTIONS_VERSION,
+        },
     }
     summary: dict[str, Any] | None = None
     if config.summaries:
@@ -53,3 +58,14 @@ def fingerprints(
         if extra is not None:
             summary.update(extra(settings))
     return embed, summary
+
+
+def plain_embed_fingerprint(embed: dict[str, Any]) -> dict[str, Any]:
+    """The embed fingerprint as it was before the chunker cut at sections.
+
+    Documents without sections (plain text, Parquet rows, JSON) are chunked exactly as
+    before, ids included, so their rows committed under this fingerprint still stand: a
+    nightly run after the upgrade does not re-embed them. Documents with sections
+    (Markdown, HTML, DOCX, PDF) are re-embedded once under the new fingerprint."""
+    chunking = {k: v for k, v in embed["chunking"].items() if k != "sections"}
+    return {**embed, "chunking": chunking}

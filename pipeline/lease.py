@@ -18,18 +18,19 @@ run on other hosts: clocks must agree to well within the TTL.
 
 Storage needs only four conditional operations (``CAS`` in ``pipeline.lease_cas``).
 Locally they are a ``fcntl.flock`` around read-modify-write of the JSON file, replaced
-atomically (``LocalCAS``). On object storage (a later issue) each maps onto one request:
+atomically (``LocalCAS``). On object storage each is one request (``ObjectCAS`` over
+``pipeline.conditional``):
 
 ============================  =============================================================
 ``read(key)``                 GET; the version is the object's ETag
-``create(key, data)``         PUT with ``if-none-match: *`` (412 → someone else created it)
-``replace(key, data, ver)``   PUT with ``if-match: <etag>`` (412 → it changed since read)
-``delete(key, ver)``          DELETE with ``if-match: <etag>``
+``create(key, data)``         PUT with ``If-None-Match: *`` (412 → someone else created it)
+``replace(key, data, ver)``   PUT with ``If-Match: <etag>`` (412 → it changed since read)
+``delete(key, ver)``          DELETE with ``If-Match: <etag>``
 ============================  =============================================================
 
-OCI Object Storage, S3 and GCS (``ifGenerationMatch``) all offer these. Until that lands,
-a non-local output gets ``BestEffortCAS``: unconditional writes, so there the lease
-detects a live holder but cannot settle a photo finish.
+OCI Object Storage always has them (the ``oci`` SDK client under ``ocifs``), S3 when
+``boto3`` is installed. A store without them gets ``BestEffortCAS`` (check, then write):
+there the lease detects a live holder but cannot settle a photo finish.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import ConfigError, LockedError, StorageError
-from pipeline.lease_cas import CAS, BestEffortCAS, LocalCAS, cas_for
+from pipeline.lease_cas import CAS, BestEffortCAS, LocalCAS, ObjectCAS, cas_for
 from pipeline.sinks import OutputStore
 
 log = logging.getLogger(__name__)
@@ -396,6 +397,7 @@ __all__ = [
     "BestEffortCAS",
     "Lease",
     "LocalCAS",
+    "ObjectCAS",
     "RunLease",
     "ShardLease",
     "check_shard_writer",

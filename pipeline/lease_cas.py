@@ -1,7 +1,12 @@
 """The compare-and-swap a lease needs, on a local directory or any ``OutputStore``.
 
-``pipeline.lease`` documents how each operation maps onto object-storage conditional
-writes (``if-none-match: *`` to create, ``if-match: <etag>`` to replace or delete).
+- ``LocalCAS``: ``flock`` around a read-modify-write of a local file;
+- ``ObjectCAS``: the store's conditional requests (``pipeline.conditional``):
+  ``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace or delete. OCI Object
+  Storage always; S3 when ``boto3`` is installed;
+- ``BestEffortCAS``: check, then write, for a store without them (another fsspec store,
+  S3 without ``boto3``): it detects a live holder but cannot settle two writers racing in
+  the same instant.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -16,7 +22,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from pipeline.conditional import Conditional
 from pipeline.sinks import OutputStore
+
+log = logging.getLogger(__name__)
 
 
 class CAS(Protocol):
@@ -32,6 +41,10 @@ class CAS(Protocol):
 
     def delete(self, key: str, version: str) -> bool:
         """Delete ``key`` if it is still at ``version``."""
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
 def _etag(raw: bytes) -> str:
@@ -106,6 +119,28 @@ class LocalCAS:
             return True
 
 
+class ObjectCAS:
+    """CAS on an object store through its conditional requests: each operation is one
+    request, and a 412 Precondition Failed means another writer got there first."""
+
+    def __init__(self, store: OutputStore, conditional: Conditional) -> None:
+        self.store = store
+        self.conditional = conditional
+
+    def read(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        got = self.conditional.get(self.store.path(key))
+        return (None, None) if got is None else (orjson.loads(got[0]), got[1])
+
+    def create(self, key: str, data: dict[str, Any]) -> str | None:
+        return self.conditional.create(self.store.path(key), _dumps(data))
+
+    def replace(self, key: str, data: dict[str, Any], version: str) -> str | None:
+        return self.conditional.replace(self.store.path(key), _dumps(data), version)
+
+    def delete(self, key: str, version: str) -> bool:
+        return self.conditional.delete(self.store.path(key), version)
+
+
 class BestEffortCAS:
     """The same interface over any ``OutputStore`` without conditional writes (see above)."""
 
@@ -137,8 +172,24 @@ class BestEffortCAS:
         return True
 
 
+_warned: set[str] = set()
+
+
 def cas_for(store: OutputStore) -> CAS:
-    return LocalCAS(store.root) if store.local else BestEffortCAS(store)
+    if store.local:
+        return LocalCAS(store.root)
+    conditional = store.conditional
+    if conditional is not None:
+        return ObjectCAS(store, conditional)
+    if store.uri not in _warned:
+        _warned.add(store.uri)
+        log.warning(
+            "output %s: this store has no conditional writes here (S3 needs boto3); its"
+            " leases detect a live holder but cannot settle two runs started in the same"
+            " instant",
+            store.uri,
+        )
+    return BestEffortCAS(store)
 
 
-__all__ = ["CAS", "BestEffortCAS", "LocalCAS", "cas_for"]
+__all__ = ["CAS", "BestEffortCAS", "LocalCAS", "ObjectCAS", "cas_for"]

@@ -36,8 +36,32 @@ def content_hash(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Section:
+    """Where a part of a document's text starts that a chunk must not run across: a
+    heading, or a page of a PDF. It runs to the next section's ``start``.
+
+    ``path`` is the heading path ("Server Administration > Client Authentication"), or
+    ``None`` before the first heading; ``page`` is 1-based, ``None`` where the format has no
+    pages. ``body`` is where the text after the heading line starts (``start`` when there is
+    no heading line): a section with nothing after its heading joins the next one."""
+
+    start: int
+    path: str | None = None
+    page: int | None = None
+    body: int | None = None
+
+    @property
+    def body_start(self) -> int:
+        return self.start if self.body is None else self.body
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
-    """One input document, already validated: ``doc_id`` non-empty, ``text`` non-blank."""
+    """One input document, already validated: ``doc_id`` non-empty, ``text`` non-blank.
+
+    ``sections`` (sorted by ``start``) is the structure the format gave: headings of
+    Markdown, HTML and DOCX, pages and the outline of a PDF. Empty for plain text, whose
+    chunks are then exactly what they were before sections existed."""
 
     doc_id: str
     text: str
@@ -45,6 +69,7 @@ class Document:
     uri: str | None = None
     updated_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    sections: tuple[Section, ...] = ()
     #: of the normalized text; computed once here, since every stage asks for it
     content_hash: str = field(init=False, repr=False, compare=False)
 
@@ -65,6 +90,8 @@ class Chunk:
     text: str
     token_count: int
     content_hash: str  # of the whole document
+    section: str | None = None  # heading path, where the format has headings
+    page: int | None = None  # 1-based page, where the format has pages
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +173,10 @@ def embeddings_schema(dim: int, extra: pa.Schema | None = None) -> pa.Schema:
         pa.field("content_hash", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("embedded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # added later, so last: the chunk's heading path and page where the format has
+        # them (null for plain text, and in parts written before they existed)
+        pa.field("section", pa.string()),
+        pa.field("page", pa.int32()),
     ]
     if extra is not None:
         fields.extend(f for f in extra if f.name not in {x.name for x in fields})

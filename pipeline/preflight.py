@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import secrets
 
+import pyarrow.fs as pafs
+
 from pipeline.config import JobConfig
 from pipeline.errors import StorageError
-from pipeline.sinks import OutputStore
+from pipeline.sinks import ObjectStore, OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -21,18 +23,36 @@ log = logging.getLogger(__name__)
 PROBE_DIR = "_state"
 
 
+def check_bucket(store: ObjectStore) -> None:
+    """The output's bucket exists and this principal sees it. Buckets are never created
+    (many principals may not), so a missing one is named here, before any model call."""
+    try:
+        found = store.fs.get_file_info(store.bucket).type != pafs.FileType.NotFound
+    except Exception:  # refused or unreachable: the probe write names the reason
+        log.debug("output %s: bucket look-up failed", store.uri, exc_info=True)
+        return
+    if not found:
+        raise StorageError(
+            f"output {store.uri}: bucket {store.bucket} does not exist, or these"
+            " credentials cannot see it (create it first: runs never create buckets)"
+        )
+
+
 def check_output_writable(store: OutputStore) -> None:
     """Write and delete a small probe object under the output root.
 
     Raises ``StorageError`` naming the output and the reason (permission, disk full, a path
-    whose parent is a file, an unsupported filesystem ...)."""
+    whose parent is a file, a missing bucket, an unsupported filesystem ...)."""
+    if isinstance(store, ObjectStore):
+        check_bucket(store)
     rel = f"{PROBE_DIR}/.probe-{secrets.token_hex(6)}"
     try:
         store.write_json(rel, {"probe": "oci-genai-batch checks the output is writable"})
         store.delete(rel)
     except Exception as exc:  # any failure of the filesystem layer: OSError, ArrowException
         log.debug("output probe %s failed", store.display(rel), exc_info=True)
-        raise StorageError(f"output {store.uri}: not writable ({_reason(exc)})") from exc
+        where = f"bucket {store.bucket}: " if isinstance(store, ObjectStore) else ""
+        raise StorageError(f"output {store.uri}: not writable ({where}{_reason(exc)})") from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -47,4 +67,4 @@ def preflight(config: JobConfig, store: OutputStore | None = None) -> None:
     check_output_writable(store or OutputStore(config.output))
 
 
-__all__ = ["check_output_writable", "preflight"]
+__all__ = ["check_bucket", "check_output_writable", "preflight"]

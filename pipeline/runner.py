@@ -71,6 +71,8 @@ def source_options(config: JobConfig) -> SourceOptions:
         batch_size=config.batch_docs,
         glob=config.glob,
         follow_links=config.follow_links,
+        modified_since=config.modified_window[0],
+        modified_until=config.modified_window[1],
     )
 
 
@@ -92,6 +94,10 @@ def _unit_key(unit: SourceUnit) -> dict[str, Any]:
     for name in ("error_class", "error"):
         if data.get(name) is None:
             data.pop(name, None)
+    # which version of a file was listed is not part of a shard's identity: a shard id
+    # names the same files however they change, so its checkpoints and leftovers stay its
+    for name in ("mtime", "etag", "md5"):
+        data.pop(name, None)
     return data
 
 
@@ -104,6 +110,13 @@ def plan(config: JobConfig) -> list[ShardSpec]:
 
     Raises ``SourceError`` / ``ConfigError`` before any model call when the source or
     the settings are unusable."""
+    specs, units = _split(config)
+    _plan_duplicates(config, units, source_options(config), len(specs))
+    return specs
+
+
+def _split(config: JobConfig) -> tuple[list[ShardSpec], list[SourceUnit]]:
+    """The shard specs and the units they hold: the plan without touching the output."""
     storage.configure(config)
     options = source_options(config)
     units = list_units(config.source, options)
@@ -131,8 +144,7 @@ def plan(config: JobConfig) -> list[ShardSpec]:
                 est_bytes=sum(u.size for u in group),
             )
         )
-    _plan_duplicates(config, units, options, len(specs))
-    return specs
+    return specs, units
 
 
 def _plan_duplicates(
@@ -256,10 +268,15 @@ def check_cost_ceiling(config: JobConfig) -> None:
 def prepare(config: JobConfig) -> list[ShardSpec]:
     """Everything that must hold before any paid call, for the CLI and the Airflow plan
     task alike: the source plans (``plan``), its cost is under the ceiling
-    (``check_cost_ceiling``), the output is writable (``preflight``). Returns the specs."""
-    specs = plan(config)
+    (``check_cost_ceiling``), the output is writable (``preflight``). Returns the specs.
+
+    Nothing touches the output before the source and the ceiling passed, and nothing but
+    the preflight probe before that probe passed: the plan's own writes (the run's
+    duplicate ids) come last, so a missing bucket is named by the probe."""
+    specs, units = _split(config)
     check_cost_ceiling(config)
     preflight(config)
+    _plan_duplicates(config, units, source_options(config), len(specs))
     return specs
 
 

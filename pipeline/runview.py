@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pipeline.progress import progress_dir
 from pipeline.report import estimate_cost
 from pipeline.sinks import OutputStore
+from pipeline.storage import StorageSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,10 @@ def _run_times(store: OutputStore) -> dict[str, float]:
     return times
 
 
-def known_runs(output_uri: str) -> list[str]:
+def known_runs(output_uri: str, *, settings: StorageSettings | None = None) -> list[str]:
     """Run ids that left state in this output (planned, in progress or reported), newest
     first where the filesystem gives modification times (object stores may not)."""
-    times = _run_times(OutputStore(output_uri))
+    times = _run_times(OutputStore(output_uri, settings=settings))
     return sorted(times, key=lambda r: (times[r], r), reverse=True)
 
 
@@ -210,6 +211,7 @@ def run_view(
     *,
     price_per_million_chars: float | None = None,
     max_failure_files: int = 200,
+    settings: StorageSettings | None = None,
 ) -> dict[str, Any]:
     """Everything the runs page shows about one run, from its output.
 
@@ -219,8 +221,9 @@ def run_view(
     ``state``: ``committed`` (report.json is this run's), ``running`` (progress or shard
     reports but no report), ``planned`` or ``unknown`` (nothing of this run found).
     ``price_per_million_chars`` prices the characters embedded so far when the run's
-    report.json is not there (yet)."""
-    store = OutputStore(output_uri)
+    report.json is not there (yet). ``settings`` reach an object store with other
+    credentials than this process's (``pipeline.storage.configure``)."""
+    store = OutputStore(output_uri, settings=settings)
     plan = _read(store, f"_state/runs/{run_id}/plan.json") or {}
     specs = {s["shard_id"]: s for s in plan.get("shards", []) if isinstance(s, dict)}
     progress = _json_files(store, progress_dir(run_id))

@@ -145,16 +145,36 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
         raise ConfigError("oci:// needs the ocifs package") from None
     signer, region = load_signer(settings)
     region = settings.region or region
+    config: dict[str, Any] = {}
+    if settings.auth == "api_key":
+        # the SDK's client checks the config for an API-key identity even when it is
+        # handed the signer (it waives that only for its token and principal signers);
+        # load_signer has just read the same profile, so this cannot fail differently
+        import oci
+
+        profile = oci.config.from_file(
+            file_location=settings.oci_config or oci.config.DEFAULT_LOCATION,
+            profile_name=settings.oci_profile,
+        )
+        # only the identity it checks, never the pass phrase: ocifs logs its config at DEBUG
+        config = {
+            k: profile[k] for k in ("user", "tenancy", "fingerprint", "key_file") if k in profile
+        }
+    if region:
+        config["region"] = region
     config_kwargs: dict[str, Any] = {}
     if settings.os_endpoint:
         config_kwargs["service_endpoint"] = settings.os_endpoint.rstrip("/")
     try:
         fs = ocifs.OCIFileSystem(
-            config={"region": region} if region else {},
+            config=config,
             signer=signer,
             region=region,
             config_kwargs=config_kwargs,
             skip_instance_cache=True,
+            # every listing asks the store: other processes write the same prefixes
+            # (a long-lived reader, the runs page, would otherwise never see new files)
+            use_listings_cache=False,
         )
     except Exception as exc:
         raise ConfigError(

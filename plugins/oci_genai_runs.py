@@ -15,14 +15,18 @@ Airflow's own ``get_user`` (the ``_token`` cookie of a UI session, or an
 Where a DAG run's pipeline run is: the ``run_id`` / ``output`` / ``config`` XComs of its
 ``plan`` task; else ``output`` from the run's conf or the DAG's Param default, and the newest
 run in that output planned after the DAG run started. A relative output path is resolved
-against ``OCI_GENAI_PROJECT_DIR`` (default: the api-server's working directory).
+against ``OCI_GENAI_PROJECT_DIR`` (default: the api-server's working directory). An
+``oci://`` output is read with the run's own storage settings (its plan's config) and the
+key of its ``oci_genai`` connection, as its tasks read it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -42,6 +46,7 @@ from oci_genai_runs_html import RunCard, page
 from sqlalchemy import select
 
 from pipeline.runview import run_view
+from pipeline.storage import OCI_SCHEMES, StorageSettings, scheme_of
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,28 @@ def _resolve(output: str) -> str:
     return os.path.join(os.environ.get("OCI_GENAI_PROJECT_DIR", os.getcwd()), output)
 
 
+_STORAGE_FIELDS = ("auth", "oci_config", "oci_profile", "region", "os_endpoint")
+
+
+@contextlib.contextmanager
+def _storage_settings(
+    session: Any, dr: DagRun, config: dict[str, Any], output: str
+) -> Iterator[StorageSettings | None]:
+    """What reading an ``oci://`` output takes: the run's own settings (its plan's
+    config), with the key of the run's ``oci_genai`` connection as its tasks had it (an
+    inline key lives in a private file for this block only). None for other outputs:
+    they are read with this process's settings."""
+    if scheme_of(output) not in OCI_SCHEMES:
+        yield None
+        return
+    from oci_genai_provider.dagtasks import connection_settings
+
+    conn_id = (dr.conf or {}).get("conn_id") or _param_default(session, dr.dag_id, "conn_id")
+    with connection_settings(conn_id, config.get("backend"), key_only=True, uris=(output,)) as key:
+        fields = {k: config[k] for k in _STORAGE_FIELDS if config.get(k) is not None}
+        yield StorageSettings(**{**fields, **key})
+
+
 def _when(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else None
 
@@ -155,7 +182,10 @@ def run_card(session: Any, dr: DagRun) -> RunCard:
         )
         return card
     try:
-        card.view = run_view(where, card.run_id, price_per_million_chars=price)
+        with _storage_settings(session, dr, config, where) as settings:
+            card.view = run_view(
+                where, card.run_id, price_per_million_chars=price, settings=settings
+            )
     except Exception as exc:  # one unreadable output must not take the page down
         log.warning("run view of %s (%s): %s", dr.run_id, where, exc)
         card.note = f"The output {where} cannot be read: {type(exc).__name__}: {exc}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import functools
 import os
 import threading
 import time
@@ -197,7 +198,7 @@ def _session_signer(config_file: str | None, profile: str) -> tuple[Any, str | N
     key = _key_errors(
         key_file, where, lambda: oci.signer.load_private_key_from_file(key_file, pass_phrase)
     )
-    signer = _FileSecurityTokenSigner(token_file, key, where)
+    signer = _file_token_signer_class()(token_file, key, where)
     return signer, cfg.get("region") or None
 
 
@@ -216,49 +217,55 @@ def _read_token(path: str, where: str) -> tuple[str, float]:
     return token, mtime
 
 
-class _FileSecurityTokenSigner:
-    """A session-token signer (``oci session authenticate``) that re-reads the token file
-    when it changes, so a job outlives the token's hour when ``oci session refresh`` runs
-    beside it. Signing itself is the SDK's ``SecurityTokenSigner``."""
+@functools.cache
+def _file_token_signer_class() -> type:
+    """The session-token signer class, made on first use (``oci`` is imported lazily).
 
-    def __init__(self, token_file: str, private_key: Any, where: str) -> None:
-        token, mtime = _read_token(token_file, where)
-        self._path = token_file
-        self._where = where
-        self._key = private_key
-        self._mtime = mtime
-        self._checked = time.monotonic()
-        self._lock = threading.Lock()
-        self._inner = self._sdk_signer(token)
+    It is an SDK ``SecurityTokenSigner``: the SDK's clients (Object Storage through ocifs)
+    accept it without an API-key profile, and sign streamed uploads with
+    ``without_content_headers`` as they do for their own token signers."""
+    import oci
 
-    def __repr__(self) -> str:
-        return f"<session token signer {self._path}>"
+    class FileSecurityTokenSigner(oci.auth.signers.SecurityTokenSigner):
+        """A session-token signer (``oci session authenticate``) that re-reads the token
+        file when it changes, so a job outlives the token's hour when ``oci session
+        refresh`` runs beside it."""
 
-    def _sdk_signer(self, token: str) -> Any:
-        import oci
+        def __init__(self, token_file: str, private_key: Any, where: str) -> None:
+            token, mtime = _read_token(token_file, where)
+            self._path = token_file
+            self._where = where
+            self._key = private_key
+            self._mtime = mtime
+            self._checked = time.monotonic()
+            self._lock = threading.Lock()
+            super().__init__(token, private_key)
 
-        return oci.auth.signers.SecurityTokenSigner(token, self._key)
+        def __repr__(self) -> str:
+            return f"<session token signer {self._path}>"
 
-    def _maybe_reload(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < _TOKEN_RECHECK_S:
-            return
-        with self._lock:
-            self._checked = now
-            try:
-                mtime = os.stat(self._path).st_mtime
-            except OSError:
-                return  # keep signing with the token we have; the service will say 401
-            if mtime != self._mtime:
+        def _maybe_reload(self) -> None:
+            now = time.monotonic()
+            if now - self._checked < _TOKEN_RECHECK_S:
+                return
+            with self._lock:
+                self._checked = now
                 try:
-                    token, self._mtime = _read_token(self._path, self._where)
-                except ConfigError:
-                    return  # caught mid-write: keep the old token, look again later
-                self._inner = self._sdk_signer(token)
+                    mtime = os.stat(self._path).st_mtime
+                except OSError:
+                    return  # keep signing with the token we have; the service will say 401
+                if mtime != self._mtime:
+                    try:
+                        token, self._mtime = _read_token(self._path, self._where)
+                    except ConfigError:
+                        return  # caught mid-write: keep the old token, look again later
+                    oci.auth.signers.SecurityTokenSigner.__init__(self, token, self._key)
 
-    def __call__(self, request: Any) -> Any:
-        self._maybe_reload()
-        return self._inner(request)
+        def __call__(self, request: Any, enforce_content_headers: bool = True) -> Any:
+            self._maybe_reload()
+            return super().__call__(request, enforce_content_headers)
+
+    return FileSecurityTokenSigner
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -274,7 +281,7 @@ def _is_static(signer: Any) -> bool:
     CPU. Principal signers may refresh their token over the network inside the call."""
     import oci
 
-    return type(signer) in (oci.signer.Signer, _FileSecurityTokenSigner) or (
+    return type(signer) in (oci.signer.Signer, _file_token_signer_class()) or (
         type(signer) is oci.auth.signers.SecurityTokenSigner
     )
 

@@ -24,7 +24,7 @@ from pipeline.checkpoint import Checkpoint, fingerprint_id
 from pipeline.chunking import ChunkSettings
 from pipeline.config import JobConfig
 from pipeline.execute import Caller
-from pipeline.fingerprint import fingerprints, summary_settings
+from pipeline.fingerprint import fingerprints, plain_embed_fingerprint, summary_settings
 from pipeline.genai.base import Backend
 from pipeline.models import SourceBatch
 from pipeline.report import ShardReport
@@ -116,7 +116,8 @@ async def run_shard_stages(
     embed_fp, summary_fp = fingerprints(config, backend, chunking)
     embed_fp_id = fingerprint_id(embed_fp)
     summary_fp_id = fingerprint_id(summary_fp) if summary_fp else None
-    index = checkpoint.load_index(embed_fp_id, summary_fp_id)
+    plain_fp_id = fingerprint_id(plain_embed_fingerprint(embed_fp))
+    index = checkpoint.load_index(embed_fp_id, summary_fp_id, plain_fp_id)
     caller = caller or make_caller(config, backend, chunking)
     settings = summary_settings(config)
     duplicates = Duplicates.load(store, config.run_id)  # None unless the plan found any

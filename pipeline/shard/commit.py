@@ -73,6 +73,8 @@ _ROW_FIELDS = (
     "model_version",
     "truncated",
     "content_hash",
+    "section",
+    "page",
 )
 
 
@@ -95,6 +97,7 @@ def _rows(t: CommitTarget, part: PartWork) -> tuple[_Embeddings, list[dict[str, 
     starts, ends, tokens = columns["char_start"], columns["char_end"], columns["token_count"]
     counts, versions = columns["char_count"], columns["model_version"]
     truncated, hashes = columns["truncated"], columns["content_hash"]
+    sections, pages = columns["section"], columns["page"]
     summaries: list[dict[str, Any]] = []
     for w in part.docs:
         extra = _passthrough(config, w.doc)
@@ -115,6 +118,8 @@ def _rows(t: CommitTarget, part: PartWork) -> tuple[_Embeddings, list[dict[str, 
                 versions.append(hit[2])
                 truncated.append(hit[1])
                 hashes.append(c.content_hash)
+                sections.append(c.section)
+                pages.append(c.page)
                 if extra is not None:
                     emb.extras.append(extra)
         s = w.summary

@@ -16,7 +16,7 @@ def skip(batch: SourceBatch, index: Index, *, summaries: bool, retry_failed: boo
     skipped = 0
     for d in batch.documents:
         chash = d.content_hash
-        embed = index.needs_embedding(d.doc_id, chash, retry_failed)
+        embed = index.needs_embedding(d.doc_id, chash, retry_failed, bool(d.sections))
         summarize = summaries and index.needs_summary(d.doc_id, chash, retry_failed)
         if embed or summarize:
             docs.append(DocWork(d, chash, embed, summarize))

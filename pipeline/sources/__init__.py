@@ -7,6 +7,12 @@ A source is a Parquet file, a directory holding a Parquet dataset, a glob of fil
 most ``batch_size`` documents plus a :class:`Failure` for every rejected input;
 :func:`read_source` reads them all, with duplicate ids detected across the whole source.
 
+Sources live anywhere :mod:`pipeline.storage` reaches: a local path, ``oci://`` (listed
+natively with paged ListObjects and read with one GetObject per object, see
+:mod:`.objects`), ``s3://`` or any fsspec URI. ``SourceOptions.modified_since`` /
+``modified_until`` keep only files and objects modified in that window; documents of
+files record their uri, time modified, size, etag and md5.
+
 A directory holding any Parquet file is a Parquet dataset: only its Parquet files are
 read. Names starting with ``.`` are skipped everywhere, and names starting with ``_``
 (``_SUCCESS``, ``_metadata``) in Parquet datasets.
@@ -18,12 +24,16 @@ corrupt is planned as a ``"failed"`` unit, which reads as one failure row.
 
 from __future__ import annotations
 
+import logging
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from pipeline import storage
 from pipeline.errors import SourceError
 from pipeline.models import Failure, SourceBatch
 from pipeline.sources.batching import rebatch
@@ -38,7 +48,9 @@ from pipeline.sources.location import (
     list_files,
     matches,
     resolve,
+    utc,
 )
+from pipeline.sources.objects import find_fsspec, find_oci, oci_client_of
 from pipeline.sources.options import (
     DOCUMENT_SUFFIXES,
     FAILED,
@@ -50,6 +62,8 @@ from pipeline.sources.options import (
 from pipeline.sources.parquet import UnreadableFile, plan_file, read_parquet_unit
 from pipeline.sources.validate import Validator
 from pipeline.sources.walk import walk_local
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Duplicates",
@@ -64,10 +78,12 @@ __all__ = [
 
 
 def _is_document(rel: str) -> bool:
+    """A document file by its name: a known suffix (optionally .gz), or no suffix at all
+    (what it is, is then told by its content)."""
     name = rel.lower()
     if name.endswith(GZIP_SUFFIX):
         name = name[: -len(GZIP_SUFFIX)]
-    return name.endswith(DOCUMENT_SUFFIXES)
+    return name.endswith(DOCUMENT_SUFFIXES) or "." not in name.rpartition("/")[2]
 
 
 def _list(
@@ -76,32 +92,92 @@ def _list(
     if isinstance(fs, pafs.LocalFileSystem):
         # links, loops and undecodable names need the local walker (see walk.py)
         return walk_local(path, recursive=recursive, follow_links=options.follow_links)
+    inner = storage.fsspec_of(fs)
+    if inner is not None:
+        return find_fsspec(inner, path, recursive=recursive)  # with etags where given
     return list_files(fs, path, recursive=recursive)
 
 
 def _find(
     uri: str, fs: pafs.FileSystem, path: str, pattern: str | None, options: SourceOptions
-) -> tuple[list[FoundFile], str, bool]:
+) -> tuple[Iterable[FoundFile], str, bool]:
     """``(files, root, single)``: the files the URI names, the directory their relative
-    paths start from, and whether the URI named one file."""
+    paths start from, and whether the URI named one file. ``files`` may be a generator
+    (object storage): errors can surface while it is consumed."""
+    deep = pattern is None or "/" in pattern or "**" in pattern
+    client = oci_client_of(fs)
+    if client is not None:
+        return find_oci(client, uri, path, pattern, deep=deep)
     info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        _missing_bucket(uri, fs, path)
     if pattern is None:
         if info.type == pafs.FileType.NotFound:
             raise SourceError(f"source {uri} does not exist")
         if info.type == pafs.FileType.File:
             name = posixpath.basename(path)
-            return [FoundFile(path, name, info.size or 0)], posixpath.dirname(path), True
+            found = FoundFile(path, name, info.size or 0, mtime=utc(info.mtime))
+            return [found], posixpath.dirname(path), True
         return _list(fs, path, options), path, False
     if info.type != pafs.FileType.Directory:
         raise SourceError(f"source {uri} does not exist: no directory {path}")
     regex = compile_glob(pattern)
-    deep = "/" in pattern or "**" in pattern
-    found = [
+    found_files = (
         f
         for f in _list(fs, path, options, recursive=deep)
         if regex.match(f.rel) or (f.is_dir and f.error_class)
-    ]
-    return found, path, False
+    )
+    return found_files, path, False
+
+
+def _missing_bucket(uri: str, fs: pafs.FileSystem, path: str) -> None:
+    """Name the bucket when that is what is missing (object stores)."""
+    if isinstance(fs, pafs.LocalFileSystem) or not path.strip("/"):
+        return
+    bucket = path.strip("/").split("/", 1)[0]
+    if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise SourceError(
+            f"source {uri}: bucket {bucket} does not exist, or these credentials may not see it"
+        )
+
+
+def _is_dataset_file(found: FoundFile, single: bool) -> bool:
+    return found.rel.lower().endswith(PARQUET_SUFFIXES) and (
+        single or not is_hidden(found.rel, "._")
+    )
+
+
+@dataclass
+class _Selection:
+    """What the listing kept: the candidate files (the caller's unit list in the making),
+    how many the modified window left out, and whether any Parquet file was seen (which
+    makes the source a dataset, whatever the window kept)."""
+
+    files: list[FoundFile] = field(default_factory=list)
+    outside: int = 0
+    dataset: bool = False
+
+
+def _select(
+    listed: Iterable[FoundFile], options: SourceOptions, *, single: bool, explicit: bool
+) -> _Selection:
+    """Filter the listing as it comes (glob, hidden names, kinds, modified window), so
+    what is held is what becomes units, not the whole listing of a bucket."""
+    kept = _Selection()
+    for f in listed:
+        if options.glob and not single and not (matches(options.glob, f.rel) or f.is_dir):
+            continue
+        if not single and is_hidden(f.rel, "."):
+            continue
+        dataset = _is_dataset_file(f, single)
+        if not (dataset or explicit or f.is_dir or _is_document(f.rel)):
+            continue
+        kept.dataset = kept.dataset or dataset
+        if not options.in_window(f.mtime):
+            kept.outside += 1
+            continue
+        kept.files.append(f)
+    return kept
 
 
 def _failed_unit(found: FoundFile, unit_path: str, root: str | None = None) -> SourceUnit:
@@ -110,32 +186,56 @@ def _failed_unit(found: FoundFile, unit_path: str, root: str | None = None) -> S
     )
 
 
+def _file_unit(found: FoundFile, unit_path: str, root: str) -> SourceUnit:
+    return SourceUnit(
+        unit_path,
+        "file",
+        size=found.size,
+        root=root,
+        mtime=found.mtime.isoformat() if found.mtime is not None else None,
+        etag=found.etag,
+        md5=found.md5,
+    )
+
+
+def _window_text(options: SourceOptions) -> str:
+    def shown(moment: datetime | None, default: str) -> str:
+        return moment.isoformat().replace("+00:00", "Z") if moment else default
+
+    since = shown(options.modified_since, "the beginning")
+    return f"from {since} to {shown(options.modified_until, 'now')}"
+
+
 def list_units(uri: str, options: SourceOptions, *, filesystem: object = None) -> list[SourceUnit]:
     """Resolve ``uri`` to a sorted, deterministic list of units.
 
-    ``uri`` is a path, a glob or a URI with a scheme (read with
-    ``pyarrow.fs.FileSystem.from_uri``); ``filesystem`` may be a pyarrow or fsspec
-    filesystem to read it with instead. Parquet files are checked up front (footer only)
-    and split into units of whole row groups of about 50,000 rows at most.
+    ``uri`` is a path, a glob or a URI with a scheme (``oci://bucket@namespace/prefix``
+    listed natively, see :mod:`.objects`; anything else through
+    :mod:`pipeline.storage`); ``filesystem`` may be a pyarrow or fsspec filesystem to
+    read it with instead. Parquet files are checked up front (footer only) and split into
+    units of whole row groups of about 50,000 rows at most. Files and objects modified
+    outside ``options``' modified window are left out; when that leaves nothing, the
+    list is empty (a nightly run with nothing new has nothing to do).
 
     Raises :class:`SourceError` naming the URI when it does not exist, holds no usable
     file (the message names what was skipped and why), the one file it names is not
-    readable Parquet, or a Parquet file lacks the id, text or a passthrough column.
+    readable Parquet, or a Parquet file lacks the id, text or a passthrough column;
+    :class:`~pipeline.errors.AuthError` naming the auth mode when the store refuses the
+    credentials.
     """
     loc = resolve(uri, filesystem)
     try:
-        files, root, single = _find(uri, loc.fs, loc.path, loc.pattern, options)
+        listed, root, single = _find(uri, loc.fs, loc.path, loc.pattern, options)
+        # Files picked by name (the URI itself, its glob, options.glob) are read whatever
+        # their extension; a plain directory listing keeps only known document types.
+        explicit = single or loc.pattern is not None or options.glob is not None
+        selection = _select(listed, options, single=single, explicit=explicit)
     except (pa.ArrowException, OSError) as exc:
         raise SourceError(f"source {uri} cannot be listed: {exc}") from exc
-    if options.glob and not single:
-        files = [f for f in files if matches(options.glob, f.rel) or f.is_dir]
-    parquet = [
-        f
-        for f in files
-        if f.rel.lower().endswith(PARQUET_SUFFIXES) and (single or not is_hidden(f.rel, "._"))
-    ]
+    files = selection.files
     units: list[SourceUnit] = []
-    if parquet:
+    if selection.dataset:
+        parquet = [f for f in files if _is_dataset_file(f, single)]
         units = [
             _failed_unit(f, join(loc.prefix, f.path))
             for f in files
@@ -155,22 +255,24 @@ def list_units(uri: str, options: SourceOptions, *, filesystem: object = None) -
                 # one bad file of a dataset is dead-lettered; the others are read
                 units.append(_failed_unit(exc.as_found(found), unit_path))
     else:
-        # Files picked by name (the URI itself, its glob, options.glob) are read whatever
-        # their extension; a plain directory listing keeps only known document types.
-        explicit = single or loc.pattern is not None or options.glob is not None
         unit_root = join(loc.prefix, root)
         units = [
             (
                 _failed_unit(f, join(loc.prefix, f.path), unit_root)
                 if f.error_class
-                else SourceUnit(join(loc.prefix, f.path), "file", size=f.size, root=unit_root)
+                else _file_unit(f, join(loc.prefix, f.path), unit_root)
             )
             for f in files
-            if (single or not is_hidden(f.rel, "."))
-            and (explicit or _is_document(f.rel) or f.is_dir)
         ]
     readable = [u for u in units if u.kind != FAILED]
-    if not readable:
+    if not readable and selection.outside:
+        log.info(
+            "source %s: none of its %d usable file(s) was modified %s; nothing to read",
+            uri,
+            selection.outside,
+            _window_text(options),
+        )
+    elif not readable:
         wanted = ", ".join(PARQUET_SUFFIXES + DOCUMENT_SUFFIXES)
         selected = f" matching glob {options.glob!r}" if options.glob else ""
         skipped = ""
@@ -181,6 +283,14 @@ def list_units(uri: str, options: SourceOptions, *, filesystem: object = None) -
         raise SourceError(
             f"source {uri} has no usable files{selected} (looked for {wanted}, optionally .gz)"
             f"{skipped}"
+        )
+    elif selection.outside:
+        log.info(
+            "source %s: %d file(s) modified %s, %d left out by the modified window",
+            uri,
+            len(readable),
+            _window_text(options),
+            selection.outside,
         )
     units.sort(key=lambda u: (u.path, u.row_start))
     return units

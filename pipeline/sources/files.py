@@ -1,10 +1,12 @@
-"""Directory sources: one file at a time, as plain text, HTML, JSON or JSON Lines, each
-optionally gzip-compressed.
+"""Directory sources: one file at a time, as plain text, Markdown, HTML, JSON, JSON
+Lines, PDF or DOCX, each optionally gzip-compressed.
 
-A file is read whole only up to the size a document may have (``max_doc_chars`` × 4
-bytes); JSON Lines files are streamed line by line, so a file of any length is fine.
-Anything wrong with one file or line becomes a :class:`Failure`; nothing here raises for
-bad input.
+What a file is comes from its first bytes as well as its name (see
+:mod:`pipeline.sources.formats`): a PDF without ``.pdf``, or a gzip stream without
+``.gz``, is read as what it is. A file is read whole only up to the size a document may
+have (``max_doc_chars`` × 4 bytes); JSON Lines files are streamed line by line, so a file
+of any length is fine. Anything wrong with one file or line becomes a :class:`Failure`;
+nothing here raises for bad input.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import gzip
 import posixpath
 import zlib
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any, cast
@@ -23,10 +25,14 @@ import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.models import Document, Failure, SourceBatch
+from pipeline.models import Document, Failure, Section, SourceBatch
+from pipeline.sources import formats
 from pipeline.sources.batching import Batcher
+from pipeline.sources.formats import Extracted, UnreadableDocument
 from pipeline.sources.html_text import html_to_text
 from pipeline.sources.location import relative
+from pipeline.sources.markdown_text import markdown_sections
+from pipeline.sources.objects import ObjectGone, Opened, oci_client_of, open_oci
 from pipeline.sources.options import (
     GZIP_SUFFIX,
     HTML_SUFFIXES,
@@ -58,19 +64,42 @@ _CORRUPT_ARCHIVE = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
 def file_kind(name: str) -> tuple[str, bool]:
-    """``(kind, gzipped)`` of a file name; kind is html, json, jsonl or plain (the
-    default, also for other extensions a glob selected explicitly)."""
+    """``(kind, gzipped)`` of a file name; kind is html, json, jsonl, markdown, pdf, docx
+    or plain (the default, also for other extensions a glob selected explicitly)."""
     lower = name.lower()
     gzipped = lower.endswith(GZIP_SUFFIX)
     if gzipped:
         lower = lower[: -len(GZIP_SUFFIX)]
     if lower.endswith(HTML_SUFFIXES):
-        return "html", gzipped
+        return formats.HTML, gzipped
     if lower.endswith(JSONL_SUFFIXES):
-        return "jsonl", gzipped
+        return formats.JSONL, gzipped
     if lower.endswith(JSON_SUFFIXES):
-        return "json", gzipped
-    return "plain", gzipped
+        return formats.JSON, gzipped
+    if lower.endswith(formats.MARKDOWN_SUFFIXES):
+        return formats.MARKDOWN, gzipped
+    if lower.endswith(formats.PDF_SUFFIXES):
+        return formats.PDF, gzipped
+    if lower.endswith(formats.DOCX_SUFFIXES):
+        return formats.DOCX, gzipped
+    return formats.PLAIN, gzipped
+
+
+class _Prefixed:
+    """A stream whose first bytes were already read: ``head``, then the rest."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if size is None or size < 0:
+                data, self._head = self._head + self._rest.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        return self._rest.read(size)
 
 
 def looks_binary(sample: bytes) -> bool:
@@ -95,6 +124,20 @@ class _File:
     name: str  # file name without .gz: the default title
     mtime: datetime | None
     size: int
+    etag: str | None = None  # object stores
+    md5: str | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        """What each document of the file records in ``Document.extra`` (and so what
+        ``passthrough`` can carry into the output rows): its path or URI, time
+        modified, size in bytes, and the etag and md5 an object store gives."""
+        return {
+            "uri": self.path,
+            "updated_at": self.mtime,
+            "size": self.size,
+            "etag": self.etag,
+            "md5": self.md5,
+        }
 
 
 def read_file_unit(
@@ -124,6 +167,35 @@ def _read_failure(f: _File | str, error_class: str, message: str) -> Failure:
     return Failure(doc_id, "read", error_class, message, permanent=permanent, source=path)
 
 
+@contextmanager
+def _open(fs: pafs.FileSystem, fs_path: str, unit: SourceUnit) -> Iterator[Opened]:
+    """Open one file or object for streaming, with what its store says of it.
+
+    Raises :class:`ObjectGone` when it no longer exists, OSError (and the pyarrow and
+    gzip errors of ``_READ_ERRORS``) when it cannot be read; from object storage, an
+    AuthError or SourceError when the credentials or the bucket are no longer good."""
+    client = oci_client_of(fs)
+    if client is not None:
+        # one GetObject: its headers give size, etag and time modified (no HeadObject)
+        listed = datetime.fromisoformat(unit.mtime) if unit.mtime else None
+        with open_oci(client, fs_path, unit.path, unit.etag, listed) as opened:
+            yield opened
+        return
+    info = fs.get_file_info(fs_path)
+    if info.type != pafs.FileType.File:
+        if isinstance(fs, pafs.LocalFileSystem):
+            raise ObjectGone(f"file {unit.path} no longer exists", "ReadError")
+        raise ObjectGone(f"object {unit.path} was listed but is gone (not found)")
+    with fs.open_input_stream(fs_path, compression=None) as stream:
+        yield Opened(
+            stream=cast("IO[bytes]", stream),
+            size=info.size or 0,
+            mtime=coerce_datetime(info.mtime),
+            etag=unit.etag,
+            md5=unit.md5,
+        )
+
+
 def _items(
     fs: pafs.FileSystem,
     fs_path: str,
@@ -131,40 +203,42 @@ def _items(
     options: SourceOptions,
     validator: Validator,
 ) -> Iterator[Document | Failure]:
-    try:
-        info = fs.get_file_info(fs_path)
-    except _READ_ERRORS as exc:
-        yield _read_failure(unit.path, "ReadError", f"file {unit.path} cannot be read: {exc}")
-        return
-    if info.type != pafs.FileType.File:
-        yield _read_failure(unit.path, "ReadError", f"file {unit.path} no longer exists")
-        return
     name = posixpath.basename(fs_path)
-    kind, gzipped = file_kind(name)
-    f = _File(
-        path=unit.path,
-        doc_id=relative(unit.path, unit.root) if unit.root else name,
-        name=name[: -len(GZIP_SUFFIX)] if gzipped else name,
-        mtime=coerce_datetime(info.mtime),
-        size=info.size or 0,
-    )
+    by_name, gzipped = file_kind(name)
+    doc_id = relative(unit.path, unit.root) if unit.root else name
     cap = options.max_doc_chars * MAX_BYTES_PER_CHAR + len(codecs.BOM_UTF8)
-    if kind != "jsonl" and not gzipped and f.size > cap:
-        yield validator.too_large(f.doc_id, f"file {f.path}", f.path, f"it has {f.size:,} bytes")
-        return
+    f: _File | None = None
     try:
         with ExitStack() as stack:
-            stream: IO[bytes] = cast(
-                "IO[bytes]", stack.enter_context(fs.open_input_stream(fs_path, compression=None))
+            opened = stack.enter_context(_open(fs, fs_path, unit))
+            f = _File(
+                path=unit.path,
+                doc_id=doc_id,
+                name=name[: -len(GZIP_SUFFIX)] if gzipped else name,
+                mtime=opened.mtime,
+                size=opened.size,
+                etag=opened.etag,
+                md5=opened.md5,
             )
-            if gzipped:
-                unpacked = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))
-                stream = cast("IO[bytes]", unpacked)
+            if by_name != formats.JSONL and not gzipped and f.size > cap:
+                detail = f"it has {f.size:,} bytes"
+                yield validator.too_large(f.doc_id, f"file {f.path}", f.path, detail)
+                return
+            stream = opened.stream
             sample = stream.read(_SNIFF)
-            if looks_binary(sample):
+            # a gzip stream is unpacked whatever its name says
+            gzipped = gzipped or sample.startswith(formats.GZIP_MAGIC)
+            if gzipped:
+                raw = cast("IO[bytes]", _Prefixed(sample, stream))
+                unpacked = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+                stream = cast("IO[bytes]", unpacked)
+                sample = stream.read(_SNIFF)
+            kind = formats.resolve_kind(by_name, formats.sniff(sample))
+            binary = kind in _BINARY_KINDS
+            if not binary and looks_binary(sample):
                 yield _read_failure(f, "BinaryFile", f"file {f.path} is binary, not text")
                 return
-            if kind == "jsonl":
+            if kind == formats.JSONL:
                 yield from _jsonl(stream, sample, f, options, validator, cap)
                 return
             data = _read_capped(stream, sample, cap)
@@ -172,29 +246,86 @@ def _items(
                 detail = f"it decompresses to more than {cap:,} bytes"
                 yield validator.too_large(f.doc_id, f"file {f.path}", f.path, detail)
                 return
+    except ObjectGone as exc:
+        yield _read_failure(unit.path, exc.error_class, str(exc))
+        return
     except _READ_ERRORS as exc:
-        if gzipped and isinstance(exc, _CORRUPT_ARCHIVE):
+        if f is not None and gzipped and isinstance(exc, _CORRUPT_ARCHIVE):
             message = f"file {f.path} is not a valid gzip file: {exc}"
             yield _read_failure(f, "CorruptArchive", message)
         else:
-            yield _read_failure(f, "ReadError", f"file {f.path} cannot be read: {exc}")
+            message = f"file {unit.path} cannot be read: {exc}"
+            yield _read_failure(f or unit.path, "ReadError", message)
+        return
+    if binary:
+        yield _binary_document(data, kind, f, options, validator, cap)
         return
     text, bad = decode_bytes(data)
-    if kind == "json":
+    if kind == formats.JSON:
         yield from _json(text, bad > 0, f, options, validator)
         return
-    title: str | None = f.name
-    if kind == "html":
-        text, html_title = html_to_text(text)
-        title = html_title or f.name
-        bad = text.count("\ufffd") if bad else 0
+    extracted = Extracted(text)
+    if kind == formats.HTML:
+        extracted = html_to_text(text)
+        bad = extracted.text.count("\ufffd") if bad else 0
+    yield _document(extracted, kind, bad, f, validator)
+
+
+_BINARY_KINDS = frozenset({formats.PDF, formats.DOCX, formats.ZIP, formats.OLE})
+
+
+def _document(
+    extracted: Extracted, kind: str, bad: int, f: _File, validator: Validator
+) -> Document | Failure:
+    """The document of a file's text once validated; Markdown headings become sections."""
     checked = validator.check(
-        f.doc_id, text, where=f"file {f.path}", source=f.path, id_label="file path", bad_chars=bad
+        f.doc_id,
+        extracted.text,
+        where=f"file {f.path}",
+        source=f.path,
+        id_label="file path",
+        bad_chars=bad,
     )
     if isinstance(checked, Failure):
-        yield checked
-        return
-    yield Document(checked[0], checked[1], title, f.path, f.mtime, extra={"size": f.size})
+        return checked
+    sections: tuple[Section, ...] = extracted.sections
+    if kind == formats.MARKDOWN:
+        sections = markdown_sections(checked[1])
+    return Document(
+        checked[0],
+        checked[1],
+        extracted.title or f.name,
+        f.path,
+        f.mtime,
+        extra=f.metadata(),
+        sections=sections,
+    )
+
+
+def _binary_document(
+    data: bytes, kind: str, f: _File, options: SourceOptions, validator: Validator, cap: int
+) -> Document | Failure:
+    """A PDF or DOCX file as a document, or its dead-letter row."""
+    from pipeline.sources.docx_text import read_docx
+    from pipeline.sources.pdf import read_pdf
+
+    try:
+        if kind == formats.PDF:
+            extracted = read_pdf(
+                data, max_pages=options.max_pdf_pages, timeout_s=options.parse_timeout_s
+            )
+        elif kind == formats.OLE:
+            raise UnreadableDocument(
+                "UnsupportedFormat",
+                "it is a legacy Office file (Word 97-2003 .doc, .xls or .ppt), which is not"
+                " read; save it as DOCX",
+            )
+        else:
+            extracted = read_docx(data, max_bytes=cap)
+            kind = formats.DOCX
+    except UnreadableDocument as exc:
+        return _read_failure(f, exc.error_class, f"file {f.path}: {exc.reason}")
+    return _document(extracted, kind, 0, f, validator)
 
 
 def _read_capped(stream: IO[bytes], head: bytes, cap: int) -> bytes | None:
@@ -333,8 +464,10 @@ def _record(
     )
     if isinstance(checked, Failure):
         return checked
-    extra: dict[str, Any] = {"size": f.size}
-    extra.update({name: obj.get(name) for name in options.passthrough})
+    # the file's metadata, then the named fields of the object (the file's value when
+    # the object lacks one)
+    extra = f.metadata()
+    extra.update({name: obj[name] for name in options.passthrough if name in obj})
     return Document(
         doc_id=checked[0],
         text=checked[1],

@@ -12,6 +12,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pyarrow.fs as pafs
 
@@ -51,6 +52,11 @@ class FoundFile:
     error: str | None = None
     #: Whether the problem is about a directory (kept whatever the file filters say).
     is_dir: bool = False
+    #: Time modified (aware, UTC) when the listing gives it; etag and md5 (base64) of an
+    #: object when the store gives them.
+    mtime: datetime | None = None
+    etag: str | None = None
+    md5: str | None = None
 
 
 def as_pyarrow_fs(filesystem: object) -> pafs.FileSystem:
@@ -211,12 +217,21 @@ def list_files(fs: pafs.FileSystem, root: str, *, recursive: bool = True) -> lis
     """Every file under the directory ``root``, sorted by relative path."""
     selector = pafs.FileSelector(root, recursive=recursive, allow_not_found=False)
     found = [
-        FoundFile(info.path, relative(info.path, root), info.size or 0)
+        FoundFile(info.path, relative(info.path, root), info.size or 0, mtime=utc(info.mtime))
         for info in fs.get_file_info(selector)
         if info.type == pafs.FileType.File
     ]
     found.sort(key=lambda f: f.rel)
     return found
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """``moment`` as an aware UTC datetime (a naive one is taken to be UTC)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def is_hidden(rel: str, markers: str) -> bool:

@@ -7,16 +7,20 @@ shards) can import them without pulling in Parquet or HTML code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from pipeline.errors import ConfigError
 
 #: Parquet files are recognised by name; content sniffing would cost a read per file.
 PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".parq", ".pq")
-PLAIN_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".rst", ".text")
-HTML_SUFFIXES: tuple[str, ...] = (".html", ".htm")
+PLAIN_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".markdown", ".rst", ".text")
+HTML_SUFFIXES: tuple[str, ...] = (".html", ".htm", ".xhtml")
 JSON_SUFFIXES: tuple[str, ...] = (".json",)
 JSONL_SUFFIXES: tuple[str, ...] = (".jsonl",)
-DOCUMENT_SUFFIXES: tuple[str, ...] = PLAIN_SUFFIXES + HTML_SUFFIXES + JSON_SUFFIXES + JSONL_SUFFIXES
+BINARY_DOCUMENT_SUFFIXES: tuple[str, ...] = (".pdf", ".docx")
+DOCUMENT_SUFFIXES: tuple[str, ...] = (
+    PLAIN_SUFFIXES + HTML_SUFFIXES + JSON_SUFFIXES + JSONL_SUFFIXES + BINARY_DOCUMENT_SUFFIXES
+)
 GZIP_SUFFIX = ".gz"
 
 #: Target size of a Parquet unit. Units are whole row groups, so a single row group larger
@@ -45,6 +49,14 @@ class SourceOptions:
     max_doc_chars: int = 50_000_000  # larger documents are rejected with a Failure
     glob: str | None = None  # directory source: only files matching this pattern
     follow_links: bool = False  # follow links whose target is outside the source root
+    # PDF: most pages, and seconds to read one (the parser runs in a child process that
+    # is killed at the deadline); see pipeline.sources.pdf
+    max_pdf_pages: int = 10_000
+    parse_timeout_s: float = 120.0
+    #: Only files / objects modified in ``[modified_since, modified_until)`` (aware UTC
+    #: datetimes; None: unbounded). An entry whose time is unknown is kept.
+    modified_since: datetime | None = None
+    modified_until: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -57,6 +69,33 @@ class SourceOptions:
             raise ConfigError("text_column must not be empty")
         if not self.json_text_field:
             raise ConfigError("json_text_field must not be empty")
+        if self.max_pdf_pages < 1:
+            raise ConfigError(f"max_pdf_pages must be at least 1, got {self.max_pdf_pages}")
+        if not self.parse_timeout_s > 0:
+            raise ConfigError(f"parse_timeout_s must be positive, got {self.parse_timeout_s}")
+        for name in ("modified_since", "modified_until"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ConfigError(f"{name} must be a datetime with a time zone, got {value!r}")
+        since, until = self.modified_since, self.modified_until
+        if since is not None and until is not None and since >= until:
+            raise ConfigError(
+                f"modified_since ({since.isoformat()}) must be before modified_until"
+                f" ({until.isoformat()})"
+            )
+
+    @property
+    def has_window(self) -> bool:
+        return self.modified_since is not None or self.modified_until is not None
+
+    def in_window(self, modified: datetime | None) -> bool:
+        """Whether a file modified at ``modified`` is selected by the modified window.
+        Unknown times are selected: a window may skip work, never lose a document."""
+        if modified is None:
+            return True
+        if self.modified_since is not None and modified < self.modified_since:
+            return False
+        return self.modified_until is None or modified < self.modified_until
 
 
 @dataclass(frozen=True)
@@ -74,6 +113,10 @@ class SourceUnit:
     A unit of kind ``"failed"`` was found unreadable when planning (a link outside the
     source, a loop, a name that is not UTF-8, a Parquet file whose footer is corrupt):
     ``error_class`` and ``error`` say why, and reading it yields one failure row.
+
+    ``mtime`` (ISO 8601, UTC), ``etag`` and ``md5`` are what the listing said of the file
+    or object, when it said it (``etag`` and ``md5``: object stores). A document records
+    them; they are not part of the shard id (see ``runner._unit_key``).
     """
 
     path: str  # path or URI of the file
@@ -84,3 +127,6 @@ class SourceUnit:
     root: str | None = None
     error_class: str | None = None  # failed units only
     error: str | None = None
+    mtime: str | None = None
+    etag: str | None = None
+    md5: str | None = None

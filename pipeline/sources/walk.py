@@ -26,6 +26,7 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pipeline.sources.location import FoundFile
 
@@ -130,7 +131,8 @@ class _Walk:
         key = (st.st_dev, st.st_ino)
         seen = self.files.get(key)
         if seen is None or (seen.via_link, seen.found.rel) > (via_link, rel):
-            self.files[key] = _Candidate(FoundFile(path, rel, st.st_size), via_link)
+            mtime = datetime.fromtimestamp(st.st_mtime, UTC)
+            self.files[key] = _Candidate(FoundFile(path, rel, st.st_size, mtime=mtime), via_link)
 
     def link(self, path: str, rel: str) -> None:
         target = os.path.realpath(path)

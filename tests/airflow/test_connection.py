@@ -228,6 +228,27 @@ def test_the_default_connection_asks_for_oci_fields_only_when_used() -> None:
         pass
 
 
+def test_oci_storage_takes_the_connection_without_its_backend_or_a_compartment(
+    emulator, monkeypatch
+) -> None:
+    """A local or hash run whose source or output is ``oci://`` is signed with the
+    connection's settings; the connection does not turn the run into an oci one."""
+    from oci_genai_provider.dagtasks import connection_settings
+
+    extra = _inline(emulator[1])
+    del extra["compartment"]  # storage needs none
+    _set_connection(monkeypatch, {**extra, "os_endpoint": "http://127.0.0.1:9"})
+    with connection_settings(CONN_ID, "local", uris=("docs.parquet", "oci://b@ns/out")) as s:
+        assert "backend" not in s and "compartment" not in s
+        assert s["os_endpoint"] == "http://127.0.0.1:9" and os.path.exists(s["oci_config"])
+    with connection_settings(CONN_ID, "hash", key_only=True, uris=("oci://b@ns/in", None)) as s:
+        assert set(s) == {"oci_config", "oci_profile"}
+    with connection_settings(CONN_ID, "local", uris=("docs.parquet", "out/")) as s:
+        assert s == {}  # nothing on OCI: the embedded default needs no connection
+    with connection_settings("no_such_connection", "hash", uris=("oci://b@ns/in",)) as s:
+        assert s == {}  # then the job's own settings (auth, oci_config) sign
+
+
 def test_the_ui_form_lists_the_fields(monkeypatch) -> None:
     """What the UI's connection form is built from (GET /ui/connections/hook_meta)."""
     from fastapi.testclient import TestClient

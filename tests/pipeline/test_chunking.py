@@ -130,3 +130,60 @@ def test_a_document_that_fits_is_counted_not_spanned() -> None:
     (words,) = chunk_document(doc, RegexTokenCounter(), ChunkSettings(2048, 0))
     assert words.text == text.strip() and words.char_start == 2
     assert words.token_count == len(RegexTokenCounter().spans(text))
+
+
+# ------------------------------------------------------------------ sections (structure)
+
+
+def _sectioned(text: str, headings: list[str]) -> Document:
+    """``text`` with a section at each heading line (as a reader of a format gives)."""
+    from pipeline.models import Section
+
+    sections = []
+    for n, heading in enumerate(headings):
+        start = text.index(heading)
+        sections.append(Section(start, f"Top > {heading}", n + 1, start + len(heading)))
+    return Document("sec", text, sections=tuple(sections))
+
+
+def test_chunks_break_at_sections_and_carry_path_and_page(minilm: MiniLMTokenCounter) -> None:
+    long_part = (json.__doc__ or "") * 2
+    text = f"Preface line.\nAlpha\n{long_part}\nBeta\nA short section.\nGamma\nDelta\n{PROSE}"
+    doc = _sectioned(text, ["Alpha", "Beta", "Gamma", "Delta"])
+    settings = ChunkSettings(max_tokens=64, overlap=8)
+    chunks = list(chunk_document(doc, minilm, settings))
+    assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
+    # the boundaries of Alpha, Beta, Gamma (Delta's is not one: Gamma joins Delta)
+    bounds = [s.start for s in doc.sections[:3]]
+    for c in chunks:
+        assert doc.text[c.char_start : c.char_end] == c.text
+        assert len(minilm.spans(c.text)) + 2 == c.token_count <= 64
+        # no chunk runs across a section boundary
+        assert not any(c.char_start < b < c.char_end for b in bounds)
+    assert (chunks[0].text, chunks[0].section, chunks[0].page) == ("Preface line.", None, None)
+    by_section = {}
+    for c in chunks:
+        by_section.setdefault(c.section, []).append(c)
+    # Gamma has nothing after its heading line: it joins Delta, which names the part
+    assert list(by_section) == [None, "Top > Alpha", "Top > Beta", "Top > Delta"]
+    assert by_section["Top > Delta"][0].text.startswith("Gamma\nDelta")
+    assert {c.page for c in by_section["Top > Delta"]} == {4}
+    assert [c.text for c in by_section["Top > Beta"]] == ["Beta\nA short section."]
+    # inside a long section the overlap still holds
+    alpha = by_section["Top > Alpha"]
+    assert len(alpha) > 3
+    assert all(b.char_start < a.char_end for a, b in itertools.pairwise(alpha))
+
+
+def test_sections_change_chunk_ids_plain_documents_keep_theirs(minilm: MiniLMTokenCounter) -> None:
+    from pipeline.chunking import _settings_key, chunk_id
+
+    settings = ChunkSettings(64, 8)
+    plain = Document("d", PROSE)
+    ids = [c.chunk_id for c in chunk_document(plain, minilm, settings)]
+    # a document without sections: the ids the chunker always gave (no sections marker)
+    key = _settings_key(settings, minilm.name)
+    assert ids == [chunk_id("d", plain.content_hash, key, i) for i in range(len(ids))]
+    sectioned = _sectioned(PROSE, [PROSE.split()[0]])
+    other = [c.chunk_id for c in chunk_document(sectioned, minilm, settings)]
+    assert not set(ids) & set(other)

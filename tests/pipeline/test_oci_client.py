@@ -1046,3 +1046,27 @@ def test_utf8_byte_counter_is_fast_on_big_texts() -> None:
 def test_client_rejects_a_non_http_endpoint() -> None:
     with pytest.raises(ConfigError, match="genai_endpoint"):
         OciGenAIClient("ftp://example.com")
+
+
+def test_security_token_profile_opens_object_storage(keys: Keys, tmp_path: Path) -> None:
+    """oci:// with auth=security_token: the session signer is one the SDK's clients take
+    without an API-key profile (ocifs builds an ObjectStorageClient from it), and it signs
+    streamed uploads (``without_content_headers``) with the token too."""
+    import requests
+
+    from pipeline.storage import StorageSettings, resolve
+
+    token_file = tmp_path / "token"
+    token_file.write_text("session-token-2\n")
+    config = write_oci_config(tmp_path, keys, user=None, security_token_file=str(token_file))
+    settings = StorageSettings(
+        auth="security_token", oci_config=str(config), os_endpoint="http://127.0.0.1:9"
+    )
+    where = resolve("oci://bkt@ns/prefix", settings)
+    assert where.is_oci and where.path == "bkt@ns/prefix"
+    client = where.fs.handler.fs.oci_client  # type: ignore[attr-defined]
+    assert client.base_client.endpoint.startswith("http://127.0.0.1:9")
+    put = requests.Request("PUT", "http://127.0.0.1:9/n/ns/b/bkt/o/x", data=b"abc").prepare()
+    client.base_client.signer.without_content_headers(put)
+    assert 'keyId="ST$session-token-2"' in put.headers["authorization"]
+    assert "x-content-sha256" not in put.headers["authorization"]

@@ -391,9 +391,16 @@ def test_all_directory_formats(tmp_path: Path) -> None:
     }
     a = by_id["a.txt"]
     assert a.uri == str(root / "a.txt")
-    assert a.extra == {"size": len("plain text")}
     mtime = datetime.fromtimestamp(os.stat(root / "a.txt").st_mtime, UTC)
     assert a.updated_at is not None and abs((a.updated_at - mtime).total_seconds()) < 1e-3
+    # what each document of a file records, for --passthrough to carry (no etag locally)
+    assert a.extra == {
+        "uri": a.uri,
+        "updated_at": a.updated_at,
+        "size": len("plain text"),
+        "etag": None,
+        "md5": None,
+    }
     assert by_id["j.txt.gz"].extra["size"] == (root / "j.txt.gz").stat().st_size
 
 

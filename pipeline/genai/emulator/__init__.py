@@ -1,4 +1,6 @@
-"""A local emulator of the OCI Generative AI inference API (20231130).
+"""A local emulator of the OCI Generative AI inference API (20231130) and, given a
+directory (``os_root``, ``--os-root``), of OCI Object Storage (20160918, see
+:mod:`pipeline.genai.emulator.objectstore`).
 
 Point the ``oci`` SDK (``service_endpoint=emu.url``), ocifs-style clients or plain httpx
 at it to develop and test without spending money::

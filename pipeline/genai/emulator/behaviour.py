@@ -217,7 +217,7 @@ class Behaviour:
 
 
 class _Stats:
-    _TABLES = ("actions", "statuses", "faults")
+    _TABLES = ("actions", "statuses", "faults", "object_storage")
     _SCALARS = ("requests", "throttled", "inputs_embedded", "unauthenticated", "tokens")
 
     def __init__(self) -> None:

@@ -4,7 +4,8 @@ event loop (a context manager, for tests).
 
 Request flow of ``POST /20231130/actions/{action}``: authenticate (401), parse and
 validate (400), admit against the rate windows (429), draw a fault, sleep the drawn
-latency, do the model work, answer. ``/_emulator/*`` is the unsigned control API.
+latency, do the model work, answer. ``/n/...`` is Object Storage, served from a directory
+when one is given (``objectstore``). ``/_emulator/*`` is the unsigned control API.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import struct
@@ -30,6 +32,12 @@ from pipeline.genai.emulator import actions
 from pipeline.genai.emulator.actions import ApiError, Engine, Job
 from pipeline.genai.emulator.auth import AuthError, SignatureVerifier
 from pipeline.genai.emulator.behaviour import Behaviour, EmulatorConfig
+from pipeline.genai.emulator.objectstore import (
+    DEFAULT_NAMESPACE,
+    REQUEST_ID,
+    ObjectStorageApi,
+    ObjectStore,
+)
 
 log = logging.getLogger("oci_genai_batch.emulator")
 
@@ -40,6 +48,7 @@ _CODES = {
     401: "NotAuthenticated",
     404: "NotFound",
     405: "MethodNotAllowed",
+    412: "PreconditionFailed",
     413: "PayloadTooLarge",
     429: "TooManyRequests",
     500: "InternalServerError",
@@ -85,6 +94,8 @@ class EmulatorApp:
         behaviour: Behaviour,
         verifier: SignatureVerifier | None,
         missing_models: set[str] | None = None,
+        store: ObjectStore | None = None,
+        denied_buckets: set[str] | None = None,
     ) -> None:
         self.behaviour = behaviour
         self.verifier = verifier
@@ -94,17 +105,35 @@ class EmulatorApp:
         self.engine = Engine()
         self.app = web.Application(client_max_size=_MAX_BODY, middlewares=[self._middleware])
         self.app.router.add_post(API_PREFIX + "{action}", self._action)
+        tenancy = verifier.key_id.split("/")[0] if verifier else None
+        self.objectstore = ObjectStorageApi(
+            store,
+            verifier,
+            denied_buckets=denied_buckets,
+            count=self.behaviour.count,
+            **({"tenancy": tenancy} if tenancy else {}),
+        )
+        self.objectstore.add_routes(self.app)
         self.app.router.add_get("/_emulator/stats", self._stats)
         self.app.router.add_get("/_emulator/config", self._get_config)
         self.app.router.add_post("/_emulator/config", self._set_config)
         self.app.router.add_post("/_emulator/reset", self._reset)
+        self.app.router.add_get("/_emulator/objectstore", self._get_objectstore)
+        self.app.router.add_post("/_emulator/objectstore", self._set_objectstore)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """opc-request-id on every answer, OCI error bodies for every error, counting."""
-        control = request.path.startswith("/_emulator/")
+        # control and Object Storage requests are not GenAI requests: they are left out of
+        # requests/statuses (Object Storage counts its operations in object_storage)
+        path = request.path
+        control = path.startswith(("/_emulator/", "/n/", "/workRequests/")) or path == "/n"
         if not control:
             self.behaviour.count("requests")
+        # the SDK's id (32 hex) or a caller's own is echoed; otherwise one is made up
+        # (kept on the request for handlers that stream, whose headers go out early)
+        request_id = request.headers.get("opc-request-id") or uuid.uuid4().hex.upper()
+        request[REQUEST_ID] = request_id
         try:
             response = await handler(request)
         except ApiError as exc:
@@ -118,10 +147,8 @@ class EmulatorApp:
         except Exception:  # a bug or a model failure: still an OCI-shaped 500
             log.exception("emulator: %s %s failed", request.method, request.path)
             response = _error(500, "InternalServerError", "internal error in the emulator")
-        # the SDK's id (32 hex) or a caller's own is echoed; otherwise one is made up
-        response.headers["opc-request-id"] = (
-            request.headers.get("opc-request-id") or uuid.uuid4().hex.upper()
-        )
+        if not response.prepared:
+            response.headers["opc-request-id"] = request_id
         if not control:
             self.behaviour.count("statuses", response.status)
         return response
@@ -244,19 +271,37 @@ class EmulatorApp:
             raise ApiError(400, "InvalidParameter", str(exc)) from None
         return _json(cfg.as_dict())
 
+    async def _get_objectstore(self, request: web.Request) -> web.Response:
+        return _json({"denied_buckets": sorted(self.objectstore.denied_buckets)})
+
+    async def _set_objectstore(self, request: web.Request) -> web.Response:
+        """``{"denied_buckets": [...]}`` replaces the buckets answered 403."""
+        try:
+            fields = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "CannotParseRequest", "the body is not valid JSON") from None
+        denied = fields.get("denied_buckets") if isinstance(fields, dict) else None
+        if not isinstance(denied, list) or not all(isinstance(b, str) for b in denied):
+            raise ApiError(400, "InvalidParameter", 'expected {"denied_buckets": [names]}')
+        self.objectstore.denied_buckets.clear()
+        self.objectstore.denied_buckets.update(denied)
+        return await self._get_objectstore(request)
+
     async def _reset(self, request: web.Request) -> web.Response:
         self.behaviour.reset()
         return _json(self.behaviour.stats())
 
 
 class Emulator:
-    """A local OCI Generative AI inference endpoint (API 20231130).
+    """A local OCI Generative AI inference endpoint (API 20231130), and with ``os_root``
+    OCI Object Storage (API 20160918) of namespace ``os_namespace`` from that directory.
 
     ``with Emulator(EmulatorConfig(embedder="hash"), oci_config=path) as emu:`` serves
     on ``emu.url`` from a background thread until the block ends; :meth:`serve_forever`
     serves in the calling thread until SIGINT/SIGTERM. With ``oci_config`` every request
     must be signed by that profile's key; without it any ``authorization`` header is
-    accepted. :meth:`stats`, :meth:`configure` and :meth:`reset` are thread-safe.
+    accepted. :meth:`stats`, :meth:`configure` and :meth:`reset` are thread-safe;
+    ``missing_models`` and ``denied_buckets`` may be changed while it serves.
     """
 
     def __init__(
@@ -269,10 +314,17 @@ class Emulator:
         port: int = 0,
         backlog: int = 1024,
         missing_models: Collection[str] = (),
+        os_root: str | os.PathLike[str] | None = None,
+        os_namespace: str = DEFAULT_NAMESPACE,
+        denied_buckets: Collection[str] = (),
     ) -> None:
         self.behaviour = Behaviour(config or EmulatorConfig())
         #: model ids answered 404 NotAuthorizedOrNotFound (mutable while serving)
         self.missing_models: set[str] = set(missing_models)
+        #: Object Storage from this directory (each subdirectory a bucket), or none
+        self.store = ObjectStore(os_root, os_namespace) if os_root is not None else None
+        #: buckets answered 403 NotAuthorized (mutable while serving)
+        self.denied_buckets: set[str] = set(denied_buckets)
         self.verifier = SignatureVerifier(oci_config, profile) if oci_config else None
         self.host = host
         self.port = port
@@ -307,7 +359,13 @@ class Emulator:
     async def _serve(self, on_ready: Callable[[], None], handle_signals: bool) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = EmulatorApp(self.behaviour, self.verifier, self.missing_models)
+        server = EmulatorApp(
+            self.behaviour,
+            self.verifier,
+            self.missing_models,
+            store=self.store,
+            denied_buckets=self.denied_buckets,
+        )
         # no access log: at thousands of requests/s it costs more than the answers;
         # a short shutdown_timeout so requests parked by the timeout fault end on stop
         runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=1.0)
@@ -322,9 +380,14 @@ class Emulator:
             if self.verifier is None:
                 log.warning("emulator: request signatures are NOT verified (no --oci-config)")
             signatures = "verified" if self.verifier else "not verified"
+            storage = (
+                f", object storage: namespace {self.store.namespace} from {self.store.root}"
+                if self.store
+                else ""
+            )
             print(
                 f"emulator listening on {self.url} (signatures: {signatures},"
-                f" embedder: {self.config.embedder})",
+                f" embedder: {self.config.embedder}{storage})",
                 flush=True,
             )
             on_ready()
@@ -399,6 +462,8 @@ def run_from_args(args: argparse.Namespace) -> int:
             profile=args.oci_profile,
             host=args.host,
             port=args.port,
+            os_root=args.os_root,
+            os_namespace=args.os_namespace,
         )
     except (ValueError, OSError) as exc:  # bad flag values, an unreadable config or key
         print(f"oci-genai-batch emulator: error: {exc}", file=sys.stderr)
