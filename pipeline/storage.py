@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 OCI_SCHEMES = ("oci",)
+#: Object Storage calls are retried (connection errors, timeouts, 429, 5xx) this many
+#: times within this many seconds
+OS_RETRY_ATTEMPTS = 5
+OS_RETRY_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,9 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
         }
     if region:
         config["region"] = region
-    config_kwargs: dict[str, Any] = {}
+    # the SDK's default retries a refused connection for ~95 s; a batch job that cannot
+    # reach its bucket should say so sooner (Airflow retries the task on its own schedule)
+    config_kwargs: dict[str, Any] = {"retry_strategy": _retry_strategy()}
     if settings.os_endpoint:
         config_kwargs["service_endpoint"] = settings.os_endpoint.rstrip("/")
     try:
@@ -182,6 +188,24 @@ def _oci_filesystem(settings: StorageSettings) -> pafs.FileSystem:
             f"({type(exc).__name__}: {_short(exc)})"
         ) from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _retry_strategy() -> Any:
+    """Up to 5 attempts within 30 s on connection errors, timeouts, 429 and 5xx
+    (``OS_RETRY_*`` below); the SDK's default allows 8 attempts and 10 minutes."""
+    import oci
+
+    return oci.retry.RetryStrategyBuilder(
+        max_attempts_check=True,
+        max_attempts=OS_RETRY_ATTEMPTS,
+        total_elapsed_time_check=True,
+        total_elapsed_time_seconds=OS_RETRY_SECONDS,
+        retry_max_wait_between_calls_seconds=8,
+        retry_base_sleep_time_seconds=1,
+        service_error_check=True,
+        service_error_retry_on_any_5xx=True,
+        service_error_retry_config={429: []},
+    ).get_retry_strategy()
 
 
 def fsspec_of(fs: pafs.FileSystem) -> Any | None:
