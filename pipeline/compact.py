@@ -16,8 +16,8 @@ has one for the same source place.
 record untouched). A record with nothing current is *superseded*. A record with some
 current content, or a small one (fewer than a quarter of ``part_rows`` rows, when there
 are two or more of the same fingerprints) is rewritten: its current rows are filtered
-into new parts of up to ``part_rows`` rows, read one old part at a time (memory is one
-part, not the output), with new records holding exactly its current entries.
+into new parts of up to ``part_rows`` rows (or ``PART_BYTES``), read one old part at a
+time (memory is one part, not the output), with new records holding exactly its current entries.
 
 **Commit, the same protocol as a run.** Generation ``g`` writes under the shard name
 ``compact-<g>``:
@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 COMPACTIONS = "_state/compactions"
 SHARD_PREFIX = "compact-"
 DEFAULT_PART_ROWS = 100_000
+#: a rewritten part is also closed at this many bytes of Arrow data (what it holds in
+#: memory): 100,000 vectors of 1,536 floats would be 600 MB
+PART_BYTES = 128_000_000
 
 
 def record_path(rec: CommitRecord) -> str:
@@ -256,11 +259,13 @@ class _Buffer:
     docs: list[list[str | None]] = field(default_factory=list)
     committed_at: str = ""
     rows: int = 0
+    nbytes: int = 0
 
     def add(self, dataset: str, table: pa.Table) -> None:
         if not table.num_rows:
             return
         self.tables[dataset].append(table)
+        self.nbytes += table.nbytes
         if dataset not in self.meta:
             raw = table.schema.metadata or {}
             self.meta[dataset] = {k.decode(): v.decode() for k, v in raw.items()}
@@ -335,6 +340,7 @@ class _Writer:
         buf.docs = []
         buf.meta = {}
         buf.rows = 0
+        buf.nbytes = 0
         buf.committed_at = ""
 
 
@@ -464,7 +470,7 @@ def _compact(
         buf = _Buffer(key)
         for i, kept in sorted(group):
             _rewrite(store, plan, i, kept, buf)
-            if buf.rows >= part_rows:
+            if buf.rows >= part_rows or buf.nbytes >= PART_BYTES:
                 writer.flush(buf)
         writer.flush(buf)
     old = [i for members in rewrite.values() for i, _ in members] + superseded
