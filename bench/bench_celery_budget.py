@@ -6,7 +6,7 @@
 The deployment of ``tests/deploy/test_celery.py`` (``tests/deploy/stack.py``: this
 machine's PostgreSQL and Redis, api-server, scheduler, dag-processor, Celery workers with
 ``--concurrency`` processes each, the pool ``oci_genai`` of ``--pool`` slots) with the
-project's emulator enforcing a global limit of ``--rpm`` requests/min (a token bucket of
+project's emulator enforcing a global limit of ``--rpm`` requests/min (a leaky bucket of
 2 s) at ``--latency-ms``, behind the default ``oci_genai`` connection. The backfill
 (``--docs`` single-chunk documents in ``--shards`` Parquet files, ``max_rpm`` = the
 limit, no summaries) is triggered through the REST API:

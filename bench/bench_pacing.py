@@ -4,7 +4,7 @@ the emulator enforcing one.
     .venv/bin/python bench/bench_pacing.py [--rpm 120] [--latency-ms 200] [--inputs 9600,28800]
 
 The emulator (its own process, hash embedder, signatures verified) accepts ``--rpm``
-requests per minute (a token bucket holding 2 s) and answers after ~``--latency-ms``.
+requests per minute (a leaky bucket holding 2 s) and answers after ~``--latency-ms``.
 For each job size (single-chunk documents, 96 per request: 9,600 inputs are 100 requests,
 ~50 s at 120 requests/min; 28,800 are ~150 s) the CLI runs to completion with no
 ``--max-rpm`` (adaptive pacing only) and ``--max-in-flight 16``. Measured from the

@@ -161,7 +161,7 @@ def _emulator_parser(sub: Any) -> None:
     )
     p.add_argument("--embedder", choices=("local", "hash"), default="local")
     p.add_argument("--dim", type=int, help="embedding size instead of the model's default")
-    p.add_argument("--rpm", type=int, help="requests per minute (a token bucket)")
+    p.add_argument("--rpm", type=int, help="requests per minute (a leaky bucket)")
     p.add_argument("--burst-s", type=float, help="seconds of rpm/tpm a bucket holds (2)")
     p.add_argument("--tpm", type=int, help="estimated tokens per minute")
     p.add_argument("--retry-after", type=float, help="seconds sent in retry-after on 429")

@@ -1,8 +1,9 @@
 """The call layer against a rate-limited service, on virtual time.
 
-A token bucket like the emulator's (``rpm`` per minute, ``burst_s`` seconds' worth, the
-check on arrival, a 429 answered at once), an accepted request answered after a
-gamma-distributed latency, and the real ``Caller``
+A token bucket with the emulator's capacities (its aiolimiter leaky bucket seen from the
+other side: ``rpm`` per minute, ``burst_s`` seconds' worth, the check on arrival, a 429
+answered at once), an accepted request answered after a gamma-distributed latency, and
+the real ``Caller``
 and ``RateBudget`` sending ``requests`` requests with up to ``in_flight`` at once, as the
 call stage does. Everything waits on the event loop's virtual clock, so a 150-second job
 takes a fraction of a second and the same seed gives the same run.

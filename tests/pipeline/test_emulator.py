@@ -545,13 +545,46 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
-def test_rate_limit_is_a_refilling_bucket() -> None:
+class _ClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock the test sets: the limiters read ``loop.time()``."""
+
+    now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_rate_limit_is_a_leaky_bucket() -> None:
     from pipeline.genai.emulator.behaviour import Behaviour, EmulatorConfig
 
-    b = Behaviour(EmulatorConfig(embedder="hash", rpm=600, burst_s=1.0))  # 10/s, holds 10
-    t = 1000.0
-    assert sum(b.admit(1, now=t) for _ in range(30)) == 10  # a burst takes the bucket
-    assert not b.admit(1, now=t + 0.05)
-    assert b.admit(1, now=t + 0.11)  # one request's worth refilled after 0.1 s
-    # paced at exactly the rate, every request passes
-    assert all(b.admit(1, now=t + 1.0 + i * 0.1) for i in range(100))
+    loop = _ClockLoop()
+    try:
+
+        def admit(tokens: int = 1, at: float | None = None) -> bool:
+            if at is not None:
+                loop.now = 1000.0 + at
+            return loop.run_until_complete(b.admit(tokens))
+
+        b = Behaviour(EmulatorConfig(embedder="hash", rpm=600, burst_s=1.0))  # 10/s, holds 10
+        assert sum(admit(at=0.0) for _ in range(30)) == 10  # a burst takes the bucket
+        assert not admit(at=0.05)
+        assert admit(at=0.11)  # one request's worth drained after 0.1 s
+        assert not admit(at=0.11)  # and taken
+        # paced at exactly the rate, every request passes
+        assert all(admit(at=1.0 + i * 0.1) for i in range(100))
+        b.reset()  # a reset starts the window with all its capacity
+        assert sum(admit() for _ in range(30)) == 10
+
+        # tokens: 600 tpm, burst 1 s -> a bucket of 10 tokens draining 10 per second
+        b.configure(rpm=0, tpm=600)
+        assert admit(8, at=20.0) and not admit(3) and admit(2)
+        assert not admit(1, at=20.05) and admit(1, at=20.1)
+        # larger than the bucket: passes only once it has drained empty, and fills it
+        assert not admit(50, at=20.9) and admit(50, at=21.1)
+        assert not admit(1) and admit(1, at=21.2)
+        assert sum(admit(0) for _ in range(5)) == 5  # nothing to take: never throttled
+        assert admit(1000, at=30.0)  # (empty again: a fresh oversized request passes)
+        b.configure(tpm=0)  # unlimited
+        assert all(admit(10**6) for _ in range(50))
+    finally:
+        loop.close()

@@ -2,21 +2,25 @@
 
 :class:`EmulatorConfig` is an immutable value; :class:`Behaviour` holds the current one
 (swapped whole by :meth:`Behaviour.configure`, so a request never sees half an update),
-the seeded random source, the sliding rate windows and the counters behind
-``GET /_emulator/stats``. Every method of :class:`Behaviour` takes one small lock, so tests
-may call it from their own thread while the server's event loop uses it.
+the seeded random source, the rate windows (:class:`aiolimiter.AsyncLimiter` leaky
+buckets) and the counters behind ``GET /_emulator/stats``. Every method of
+:class:`Behaviour` takes one small lock, so tests may call it from their own thread while
+the server's event loop uses it; :meth:`Behaviour.admit` alone runs in that loop, as the
+limiters read its clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import random
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+
+from aiolimiter import AsyncLimiter
 
 #: the injected faults, in the order their rates are stacked on one uniform draw
 FAULT_KINDS = ("fault", "timeout", "reset", "malformed", "wrong_count", "wrong_dim")
@@ -37,9 +41,10 @@ class EmulatorConfig:
     not exceed 1. ``rpm``/``tpm`` of 0 mean unlimited. ``dim`` of 0 means the model's own
     default dimension; ``context_tokens`` of 0, each model's own context window.
     ``retry_after`` of 0 sends no ``retry-after`` header on 429.
-    Limits are token buckets refilled continuously at ``rpm``/60 requests (``tpm``/60
-    tokens) per second, holding at most ``burst_s`` seconds' worth (at least one request):
-    like an API gateway, not a fixed minute, so a client cannot burst a minute's budget.
+    Limits are leaky buckets (aiolimiter) draining continuously at ``rpm``/60 requests
+    (``tpm``/60 tokens) per second, holding at most ``burst_s`` seconds' worth (at least
+    one request): like an API gateway, not a fixed minute, so a client cannot burst a
+    minute's budget.
     """
 
     embedder: str = "local"
@@ -121,10 +126,8 @@ class Behaviour:
         self._lock = threading.Lock()
         self._config = config
         self._rng = random.Random(config.seed)
-        # token buckets: requests and tokens available now, and when they were refilled
-        self._req_level = -1.0  # < 0: full on first use
-        self._tok_level = -1.0
-        self._refilled = time.monotonic()
+        # the rate windows, made on first use in the running loop (None: not made yet)
+        self._limits: _Limits | None = None
         self._stats = _Stats()
 
     @property
@@ -137,7 +140,7 @@ class Behaviour:
         with self._lock:
             self._config = self._config.replace(**fields)
             if {"rpm", "tpm", "burst_s"} & set(fields):
-                self._req_level = self._tok_level = -1.0  # new limits start full
+                self._limits = None  # new limits start with all their capacity
             if "seed" in fields:
                 self._rng.seed(self._config.seed)
             return self._config
@@ -145,36 +148,36 @@ class Behaviour:
     def reset(self) -> None:
         """Zero the statistics and the rate windows, and re-seed the random source."""
         with self._lock:
-            self._req_level = self._tok_level = -1.0
+            self._limits = None
             self._stats = _Stats()
             self._rng.seed(self._config.seed)
 
     # ----------------------------------------------------------------- per request
 
-    def admit(self, tokens: int, now: float | None = None) -> bool:
-        """Whether a request of ``tokens`` estimated tokens fits both buckets now. Only an
-        admitted request takes from them, so a throttled client that retries does not
-        push its own retry further out. A request larger than the token bucket passes
-        when the bucket is full (it could never pass otherwise)."""
-        cfg = self._config
-        now = time.monotonic() if now is None else now
+    async def admit(self, tokens: int) -> bool:
+        """Whether a request of ``tokens`` estimated tokens fits both buckets now; never
+        waits. Only an admitted request takes from them, so a throttled client that
+        retries does not push its own retry further out. A request larger than the token
+        bucket passes when the bucket is empty, and fills it (it could never pass
+        otherwise). Runs in the server's event loop: the limiters read its clock."""
+        loop = asyncio.get_running_loop()
         with self._lock:
-            dt = max(0.0, now - self._refilled)
-            self._refilled = now
-            req_cap = max(1.0, cfg.rpm * cfg.burst_s / 60.0)
-            tok_cap = max(1.0, cfg.tpm * cfg.burst_s / 60.0)
-            if self._req_level < 0:
-                self._req_level = req_cap
-            if self._tok_level < 0:
-                self._tok_level = tok_cap
-            self._req_level = min(req_cap, self._req_level + dt * cfg.rpm / 60.0)
-            self._tok_level = min(tok_cap, self._tok_level + dt * cfg.tpm / 60.0)
-            if cfg.rpm and self._req_level < 1.0:
+            limits = self._limits
+            if limits is None or limits.loop is not loop:
+                limits = self._limits = _Limits(self._config, loop)
+            tok_amount = 0.0
+            if limits.tokens is not None:
+                tok_amount = min(float(tokens), limits.tokens.max_rate)
+            if limits.requests is not None and not limits.requests.has_capacity(1):
                 return False
-            if cfg.tpm and self._tok_level < min(float(tokens), tok_cap):
+            if limits.tokens is not None and not limits.tokens.has_capacity(tok_amount):
                 return False
-            self._req_level -= 1.0
-            self._tok_level -= tokens
+            # Both have the capacity, so neither acquire waits: no other task runs between
+            # the checks and here, and the lock keeps other threads out.
+            if limits.requests is not None:
+                await limits.requests.acquire(1)
+            if limits.tokens is not None:
+                await limits.tokens.acquire(tok_amount)
             return True
 
     def draw_fault(self, action: str) -> str | None:
@@ -214,6 +217,28 @@ class Behaviour:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return self._stats.snapshot()
+
+
+class _Limits:
+    """The rate windows of one config in one event loop: a leaky bucket per limit
+    (None: unlimited), holding ``burst_s`` seconds' worth (at least one request or
+    token) and draining at the per-minute rate / 60 per second. They start empty, i.e.
+    with all their capacity."""
+
+    __slots__ = ("loop", "requests", "tokens")
+
+    def __init__(self, cfg: EmulatorConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.requests = _bucket(cfg.rpm, cfg.burst_s)
+        self.tokens = _bucket(cfg.tpm, cfg.burst_s)
+
+
+def _bucket(per_minute: int, burst_s: float) -> AsyncLimiter | None:
+    if not per_minute:
+        return None
+    rate = per_minute / 60.0
+    capacity = max(1.0, rate * burst_s)
+    return AsyncLimiter(max_rate=capacity, time_period=capacity / rate)
 
 
 class _Stats:

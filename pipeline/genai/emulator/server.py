@@ -165,7 +165,7 @@ class EmulatorApp:
         job = self._prepare(action, body, cfg)
         if self.missing_models:
             self._check_model(body)
-        if not self.behaviour.admit(job.tokens):
+        if not await self.behaviour.admit(job.tokens):
             self.behaviour.count("throttled")
             response = _error(429, "TooManyRequests", "Too many requests for the tenancy")
             if cfg.retry_after:
