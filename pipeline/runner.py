@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from pipeline import storage
+from pipeline.checkpoint import Checkpoint
 from pipeline.chunking import ChunkSettings
 from pipeline.config import JobConfig
 from pipeline.errors import ConfigError, PipelineError
@@ -216,7 +217,12 @@ async def _run_shard(
 
 
 def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge shard reports into ``OUTPUT/report.json`` and return it."""
+    """Merge shard reports into ``OUTPUT/report.json``, fold the run's commit records into
+    the compacted index (``Checkpoint.compact_index``), and return the report.
+
+    The index is a summary of the commit records, which stay the truth: a compaction that
+    fails is logged and left to the next run's commit (shards meanwhile read the records
+    it did not fold)."""
     storage.configure(config)
     report = RunReport.merge(
         [ShardReport.from_json(r) for r in shard_reports],
@@ -226,7 +232,24 @@ def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, 
         price_per_million_chars=config.price_per_million_chars,
     )
     data = report.to_json()
-    OutputStore(config.output).write_json("report.json", data)
+    store = OutputStore(config.output)
+    store.write_json("report.json", data)
+    started = time.monotonic()
+    try:
+        done = Checkpoint(store).compact_index()
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning(
+            "the index was not compacted (%s: %s); the next run retries", type(exc).__name__, exc
+        )
+    else:
+        if done is not None:
+            log.info(
+                "index generation %d: %d commit records, %d entries folded in %.1fs",
+                done.generation,
+                done.records,
+                done.rows,
+                time.monotonic() - started,
+            )
     return data
 
 

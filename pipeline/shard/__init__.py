@@ -230,6 +230,8 @@ async def run_shard_stages(
             ticker.cancel()
     except BaseExceptionGroup as eg:
         raise _first_error(eg) from None
+    finally:
+        index.close()  # its lookup file
     report.add("chunks_sent", packer.sent)
     report.add("chunks_deduplicated", packer.chunks - packer.sent)
     report.calls.merge(caller.stats)
