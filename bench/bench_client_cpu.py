@@ -11,7 +11,7 @@ RSA-2048 key, and turns the answer into a float32 (96, 1024) array:
   deserialization (retries and circuit breaker off, so only one request is timed), then
   ``np.asarray(result.data.embeddings, float32)``;
 - ``oci SDK skip_deserialization``: the same client returning a plain dict (for scale);
-- ``ours``: ``OciBackend.embed`` (httpx + orjson + the SDK signer);
+- ``ours``: ``OciBackend.embed`` (aiohttp + simdjson + the SDK signer);
 - ``ours, parse only``: the JSON-to-array step alone, on the same bytes.
 
 CPU is ``time.process_time()`` of this process. The target is ours <= 1/5 of the SDK.
@@ -31,10 +31,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import orjson
 
 from pipeline.config import JobConfig
 from pipeline.genai.oci_backend import OciBackend, _vectors
+from pipeline.genai.oci_client import load_embed_answer
 
 N_INPUTS, DIM = 96, 1024
 COMPARTMENT = "ocid1.compartment.oc1..aaaabench"
@@ -191,7 +191,7 @@ def our_path(config_file: str, url: str) -> tuple[Callable[[], np.ndarray], Call
 
 def parse_only(body: bytes) -> Callable[[], np.ndarray]:
     def call() -> np.ndarray:
-        return _vectors(orjson.loads(body), N_INPUTS, "bench")
+        return _vectors(load_embed_answer(body), N_INPUTS, "bench")
 
     return call
 

@@ -52,8 +52,11 @@ RESULTS = os.path.join(ROOT, "bench", "results", "bench_cpu.txt")
 # --------------------------------------------------------------------------- the bare client
 
 
-def bare_client(corpus: str, url: str, config_path: str) -> None:
-    """Child mode: embed every text of ``corpus`` with the async SDK; print the count."""
+def bare_client(
+    corpus: str, url: str, config_path: str, in_flight: int = IN_FLIGHT, dim: int = DIM
+) -> None:
+    """Child mode: embed every text of ``corpus`` with the async SDK, ``in_flight``
+    requests at once, ``dim``-d; print the count."""
     import oci
     import pyarrow.parquet as pq
     from oci.generative_ai_inference import AsyncGenerativeAiInferenceClient
@@ -65,7 +68,7 @@ def bare_client(corpus: str, url: str, config_path: str) -> None:
 
     async def main() -> list[list[float]]:
         vectors: list[list[float]] = []
-        gate = asyncio.Semaphore(IN_FLIGHT)
+        gate = asyncio.Semaphore(in_flight)
         async with AsyncGenerativeAiInferenceClient(
             cfg,
             service_endpoint=url,
@@ -79,7 +82,7 @@ def bare_client(corpus: str, url: str, config_path: str) -> None:
                     inputs=batch,
                     compartment_id=COMPARTMENT,
                     serving_mode=mode,
-                    output_dimensions=DIM,
+                    output_dimensions=dim,
                     truncate="END",
                 )
                 async with gate:
@@ -92,7 +95,7 @@ def bare_client(corpus: str, url: str, config_path: str) -> None:
         return vectors
 
     vectors = asyncio.run(main())
-    assert len(vectors) == len(texts) and len(vectors[0]) == DIM
+    assert len(vectors) == len(texts) and len(vectors[0]) == dim
     print(len(vectors))
 
 
@@ -212,9 +215,11 @@ def main() -> None:
     ap.add_argument(
         "--bare-client", nargs=3, metavar=("CORPUS", "URL", "CONFIG"), help=argparse.SUPPRESS
     )  # child mode
+    ap.add_argument("--bare-in-flight", type=int, default=IN_FLIGHT, help=argparse.SUPPRESS)
+    ap.add_argument("--bare-dim", type=int, default=DIM, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare_client:
-        bare_client(*args.bare_client)
+        bare_client(*args.bare_client, in_flight=args.bare_in_flight, dim=args.bare_dim)
         return
 
     from pipeline.genai.emulator.devconfig import write_dev_config

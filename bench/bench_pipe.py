@@ -9,6 +9,12 @@ answers each request after ~``--latency-ms``. The CLI runs ``--backend oci
 (wall time of the whole run, start-up included, and of the shard), the peak of requests
 in flight (from the run's report), embed calls per 1,000 documents (from the emulator's
 count of embedText calls) and the aim of each.
+
+In the same run, against the same emulator, a bare async client (the oci SDK's
+``AsyncGenerativeAiInferenceClient`` with ``skip_deserialization``, as langchain-oci's
+async path uses it; ``bench/bench_cpu.py``'s) embeds the same texts with 64 requests in
+flight, in a fresh process: its inputs/s (whole process) and CPU per 1,000 inputs are the
+baseline the pipeline's figures are given against.
 """
 
 from __future__ import annotations
@@ -121,6 +127,22 @@ def run_once(
     }
 
 
+def run_bare(url: str, config: str, corpus: str, in_flight: int, inputs: int) -> dict[str, float]:
+    """The bare async SDK client (bench_cpu.py's child mode) over ``corpus``."""
+    httpx.post(f"{url}/_emulator/reset")
+    me = os.path.join(ROOT, "bench", "bench_cpu.py")
+    cmd = [sys.executable, me, "--bare-client", corpus, url, config]
+    cmd += ["--bare-in-flight", str(in_flight), "--bare-dim", "256"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert int(done.stdout.split()[-1]) == inputs, done.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "per_s_wall": inputs / wall, "cpu_ms_per_1000": 1e6 * cpu / inputs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=60_000)
@@ -139,6 +161,7 @@ def main() -> None:
         for in_flight in (64, 8):
             out = os.path.join(work, f"out-{in_flight}-{time.time_ns()}")
             rows.append((in_flight, run_once(url, config, corpus, out, in_flight, emu.pid)))
+        bare = run_bare(url, config, corpus, 64, args.docs)
     finally:
         emu.send_signal(signal.SIGTERM)
         emu.wait(timeout=30)
@@ -165,6 +188,17 @@ def main() -> None:
             f"{in_flight:>15} {r['cpu_ms_per_1000']:>29.0f} {r['emu_cpu_ms_per_1000']:>29.0f} "
             f"{r['wall']:>7.1f}"
         )
+    p64 = rows[0][1]
+    print(
+        f"bare async oci SDK client (skip_deserialization), 64 in flight: "
+        f"{bare['per_s_wall']:,.0f} inputs/s (whole process), {bare['cpu_ms_per_1000']:.0f} ms"
+        f" CPU/1,000 inputs, {bare['wall']:.1f} s"
+    )
+    print(
+        f"pipeline at 64 / bare client at 64: inputs/s (whole run) "
+        f"{p64['per_s_wall'] / bare['per_s_wall']:.2f}, CPU per input "
+        f"{p64['cpu_ms_per_1000'] / bare['cpu_ms_per_1000']:.2f}"
+    )
     print(f"load average at the end (other work on this machine): {os.getloadavg()[0]:.1f}")
     print(
         f"aims: peak in flight = --max-in-flight; >= 5,000 inputs/s at 64; "

@@ -77,7 +77,11 @@ def _extent(counter: TokenCounter, text: str) -> tuple[int, int] | None:
     Tokenizers split at white space and drop nothing but white space and control
     characters, so the first token of a head window that ends before the cut starts where
     the whole text's first token does (likewise at the tail); a window is doubled until
-    that holds, and a short text is tokenized whole."""
+    that holds, and a short text is tokenized whole. A counter with an ``extent`` method
+    answers itself (the same value, without spans)."""
+    own = getattr(counter, "extent", None)
+    if own is not None:
+        return own(text)
     n = len(text)
     width = _EDGE_CHARS
     while True:

@@ -23,6 +23,7 @@ An expected failure prints one line, ``oci-genai-batch: error: ...``, and no tra
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -44,8 +45,11 @@ EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: try again later
 EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
 
+# New objects between the GC's young collections in a run (Python's default: 700)
+_GC_YOUNG = 20_000
+
 # Libraries that log one line per HTTP request at INFO: quiet unless -v.
-_CHATTY_LOGGERS = ("httpx", "httpcore", "oci", "urllib3")
+_CHATTY_LOGGERS = ("httpx", "httpcore", "oci", "urllib3", "pipeline.genai.oci_client")
 
 
 def _run_parser(sub: Any) -> None:
@@ -276,6 +280,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     progress = _Progress(config.progress if config.progress is not None else sys.stderr.isatty())
+    _freeze_start_up(config.backend)
 
     def on_plan(specs: list[runner.ShardSpec]) -> None:
         total = sum(s.est_docs for s in specs)
@@ -301,6 +306,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_TEMPFAIL
     return EXIT_OK
+
+
+def _freeze_start_up(backend: str) -> None:
+    """Tune the cyclic GC for a batch run. What start-up made (modules, the libraries'
+    tables) is frozen, so the full collections a run's allocations trigger do not walk
+    it again each time; the backend's modules are imported first, as they are the bulk
+    (the oci SDK). Start-up leaves no cyclic garbage (``gc.collect()`` finds none here),
+    so freezing keeps nothing alive that would otherwise be freed. A young collection
+    waits for 20,000 new objects instead of 700: a run keeps ~10 objects per document in
+    flight (tens of thousands) and makes almost no cycles, and the default thresholds
+    walked them in ~1,100 collections per 60,000 documents. Together: the GC's share of a
+    60,000-input run's CPU from ~13 % to ~5 % (bench/bench_cpu.py, bench/bench_pipe.py)."""
+    if backend == "oci":
+        import oci.signer  # noqa: F401
+
+        import pipeline.genai.oci_backend  # noqa: F401
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
 
 
 def _error(message: str) -> None:

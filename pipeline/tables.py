@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,17 +17,27 @@ def to_json_text(obj: object) -> str:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def embeddings_table(rows: list[dict[str, Any]], dim: int) -> pa.Table:
+def embeddings_table(
+    columns: dict[str, list[Any]],
+    constants: dict[str, Any],
+    vectors: Sequence[np.ndarray],
+    dim: int,
+) -> pa.Table:
+    """The embeddings table of ``len(vectors)`` rows: each field of the schema but the
+    embedding from ``columns`` (a value per row) or ``constants`` (one value for all)."""
     schema = embeddings_schema(dim)
-    vectors = np.stack([r["embedding"] for r in rows]).astype(np.float32, copy=False)
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    columns: dict[str, pa.Array] = {}
+    n = len(vectors)
+    stacked = np.stack(vectors) if n else np.empty((0, dim), np.float32)
+    flat = pa.array(stacked.astype(np.float32, copy=False).reshape(-1), type=pa.float32())
+    arrays: list[pa.Array] = []
     for f in schema:
         if f.name == "embedding":
-            columns[f.name] = pa.FixedSizeListArray.from_arrays(flat, dim)
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, dim))
+        elif f.name in columns:
+            arrays.append(pa.array(columns[f.name], type=f.type))
         else:
-            columns[f.name] = pa.array([r[f.name] for r in rows], type=f.type)
-    return pa.Table.from_pydict(columns, schema=schema)
+            arrays.append(pa.repeat(pa.scalar(constants[f.name], type=f.type), n))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def add_passthrough(

@@ -85,6 +85,9 @@ class TokenCounter(Protocol):
     # Optional: ``count(text) -> int``, the tokens the model sees for ``text`` with its
     # special tokens, equal to ``len(spans(text)) + special_tokens`` but cheaper (no spans
     # built). Callers use :func:`count_tokens`, which falls back to the spans.
+    # Optional: ``extent(text) -> (start, end) | None``, the start of the first span and
+    # the end of the last (None: no spans), without building them (the chunker's
+    # one-chunk case).
 
 
 def count_tokens(counter: TokenCounter, text: str) -> int:

@@ -1,11 +1,11 @@
-"""OCI request signing: a signer for every auth mode of a job, and an ``httpx.Auth`` that
+"""OCI request signing: a signer for every auth mode of a job, and a request signer that
 signs with it.
 
 The ``oci`` SDK does the cryptography and the token handling (instance / resource
 principal tokens refresh themselves inside its signers); this module only maps a
 :class:`~pipeline.config.JobConfig` to the right SDK signer, turns the SDK's setup errors into
 :class:`~pipeline.errors.ConfigError` naming the file, profile or setting at fault, and bridges
-the SDK's ``requests``-style signer to httpx.
+the SDK's ``requests``-style signer to the client's plain (method, URL, headers, body) requests.
 
 Secrets: messages name files, profiles and settings, never key contents, pass phrases or
 tokens; signers are never put into a message or a ``repr``.
@@ -19,10 +19,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Generator
 from typing import Any, Protocol
-
-import httpx
 
 from pipeline.errors import ConfigError, GenAIError, TransportError
 
@@ -276,7 +273,7 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# --------------------------------------------------------------------------- httpx bridge
+# --------------------------------------------------------------------------- request bridge
 
 
 def _is_static(signer: Any) -> bool:
@@ -289,21 +286,20 @@ def _is_static(signer: Any) -> bool:
     )
 
 
-class OciRequestSigner(httpx.Auth):
-    """Signs each httpx request the way the ``oci`` SDK does (draft-cavage HTTP signature
-    over date, (request-target), host, and for bodies content-length, content-type,
+class OciRequestSigner:
+    """Signs each request the way the ``oci`` SDK does (draft-cavage HTTP signature over
+    date, (request-target), host, and for bodies content-length, content-type,
     x-content-sha256).
 
-    The request is mirrored into an SDK ``PreparedRequest`` (same method, URL, headers and
+    The request is put into an SDK ``PreparedRequest`` (same method, URL, headers and
     body), the SDK signer adds ``date``, ``x-content-sha256`` and ``authorization`` to it, and
-    those headers are copied back. The signed host is the Host header httpx will send, so
-    the two always agree. API-key signing runs inline (~0.2 ms); signers that may refresh a
-    token over the network run in a worker thread so the event loop never blocks on them.
-    A signer failure (e.g. a token refresh that could not reach the auth service) raises
+    the signed headers are returned: the caller sends exactly those, Host and
+    Content-Length included, so what is signed is what goes on the wire. API-key signing
+    runs inline (~0.2 ms); signers that may refresh a token over the network run in a
+    worker thread so the event loop never blocks on them. A signer failure (e.g. a token
+    refresh that could not reach the auth service) raises
     :class:`~pipeline.errors.TransportError`: retryable, the request was never sent.
     """
-
-    requires_request_body = True
 
     def __init__(self, signer: Any) -> None:
         self._signer = signer
@@ -312,20 +308,23 @@ class OciRequestSigner(httpx.Auth):
     def __repr__(self) -> str:
         return f"OciRequestSigner({type(self._signer).__name__})"
 
-    def sign(self, request: httpx.Request) -> None:
-        """Add the OCI signature headers to ``request`` (its body must be read)."""
+    def sign(
+        self, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> dict[str, str]:
+        """``headers`` plus the OCI signature headers. ``url`` is ``scheme://host/path``
+        with the host as the Host header says and the path byte-for-byte as sent (the
+        signed request-target); ``headers`` must hold ``host`` and, for a body,
+        ``content-length`` and ``content-type``."""
         from oci._vendor.requests import PreparedRequest
         from oci._vendor.requests.structures import CaseInsensitiveDict
 
-        url = request.url
-        host = request.headers.get("host") or url.netloc.decode("ascii")
         prepared = PreparedRequest()
-        prepared.method = request.method
-        # built by hand, not with prepare(): prepare() re-quotes the URL, and the signed
-        # (request-target) must be byte-for-byte the path httpx sends
-        prepared.url = f"{url.scheme}://{host}{url.raw_path.decode('ascii')}"
-        prepared.headers = CaseInsensitiveDict(request.headers.items())
-        prepared.body = request.content
+        prepared.method = method
+        # set by hand, not with prepare(): prepare() re-quotes the URL, and the signed
+        # (request-target) must be byte-for-byte the path that is sent
+        prepared.url = url
+        prepared.headers = CaseInsensitiveDict(headers)
+        prepared.body = body
         try:
             self._signer(prepared)
         except GenAIError:
@@ -334,20 +333,12 @@ class OciRequestSigner(httpx.Auth):
             raise TransportError(
                 f"signing the request failed ({type(exc).__name__}: {_short(exc, 200)})"
             ) from None
-        for name, value in prepared.headers.items():
-            if request.headers.get(name) != value:
-                request.headers[name] = value
+        return dict(prepared.headers.items())
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        self.sign(request)
-        yield request
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        await request.aread()
+    async def signed(
+        self, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> dict[str, str]:
+        """:meth:`sign`, off the event loop when the signer may block."""
         if self._inline:
-            self.sign(request)
-        else:
-            await asyncio.to_thread(self.sign, request)
-        yield request
+            return self.sign(method, url, headers, body)
+        return await asyncio.to_thread(self.sign, method, url, headers, body)

@@ -12,7 +12,6 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 
 from pipeline.errors import BadResponseError, ConfigError, ServiceError
@@ -122,6 +121,11 @@ class Utf8ByteCounter:
         else:
             starts = np.repeat(np.arange(n, dtype=np.intp), _utf8_widths(text))
         return starts, starts + 1
+
+    def extent(self, text: str) -> tuple[int, int] | None:
+        """The first span's start and the last's end: every character is in a span, so
+        the whole text (None when empty)."""
+        return (0, len(text)) if text else None
 
     def count(self, text: str) -> int:
         """The byte length of ``text`` in UTF-8 (lone surrogates as 3 bytes)."""
@@ -237,25 +241,33 @@ def _str(value: Any) -> str | None:
 
 
 def _vectors(data: dict[str, Any], n: int, request_id: str) -> np.ndarray:
-    """``data["embeddings"]`` as float32 ``(n, dim)``. The rows are checked to be ``n``
-    lists of one length first, so the flat ``fromiter`` (~20% cheaper than ``np.asarray``
-    on nested lists) cannot mis-shape a ragged answer."""
+    """``data["embeddings"]`` as float32 ``(n, dim)``. Usually it is that array already
+    (:func:`~pipeline.genai.oci_client.load_embed_answer`); else the JSON lists, which
+    are checked to be ``n`` lists of one length first, so the flat ``fromiter`` (~20%
+    cheaper than ``np.asarray`` on nested lists) cannot mis-shape a ragged answer."""
     rows = data.get("embeddings")
-    if not isinstance(rows, list) or not rows or not isinstance(rows[0], list):
-        raise _bad("has no embeddings list", request_id)
-    if len(rows) != n:
-        raise _bad(f"holds {len(rows)} embeddings for {n} inputs", request_id)
-    dim = len(rows[0])
-    if dim == 0 or any(type(r) is not list or len(r) != dim for r in rows):
-        raise _bad("has embeddings rows of different lengths", request_id)
-    try:
-        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float32, count=n * dim)
-    except (TypeError, ValueError):
-        raise _bad("has non-numeric embeddings", request_id) from None
+    if isinstance(rows, np.ndarray):
+        flat = rows
+        if len(rows) != n:
+            raise _bad(f"holds {len(rows)} embeddings for {n} inputs", request_id)
+    else:
+        if not isinstance(rows, list) or not rows or not isinstance(rows[0], list):
+            raise _bad("has no embeddings list", request_id)
+        if len(rows) != n:
+            raise _bad(f"holds {len(rows)} embeddings for {n} inputs", request_id)
+        dim = len(rows[0])
+        if dim == 0 or any(type(r) is not list or len(r) != dim for r in rows):
+            raise _bad("has embeddings rows of different lengths", request_id)
+        try:
+            chain = itertools.chain.from_iterable(rows)
+            flat = np.fromiter(chain, dtype=np.float32, count=n * dim).reshape(n, dim)
+        except (TypeError, ValueError):
+            raise _bad("has non-numeric embeddings", request_id) from None
     # numpy reads a JSON null as NaN; a NaN row written out would be silent corruption
+    # (and a number beyond float32's range becomes infinite)
     if not np.isfinite(flat).all():
         raise _bad("has non-numeric embeddings (null, NaN or infinite)", request_id)
-    return flat.reshape(n, dim)
+    return flat
 
 
 class OciBackend(AsyncClosing):
@@ -325,7 +337,6 @@ class OciBackend(AsyncClosing):
         cls,
         config: JobConfig,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
         signer: Any = None,
     ) -> OciBackend:
         """The backend a job describes. The compartment is checked first, then the signer
@@ -358,7 +369,6 @@ class OciBackend(AsyncClosing):
             # cap: room for all of them, so a request never queues for a connection
             max_in_flight=config.max_in_flight * max(1, config.shards),
             timeout_s=config.timeout_s,
-            transport=transport,
         )
         return cls(
             client,

@@ -65,7 +65,9 @@ class Parts:
 
     def add(self, work: DocWork, keep_text: bool) -> None:
         rows = len(work.chunks)
-        size = sum(self.row_bytes + (len(c.text) if keep_text else 0) for c in work.chunks)
+        size = rows * self.row_bytes
+        if keep_text:
+            size += sum(len(c.text) for c in work.chunks)
         size += _SUMMARY_BYTES if work.summarize else 0
         part = self.open
         if (

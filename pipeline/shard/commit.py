@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.checkpoint import OK, Checkpoint, CommitRecord, part_name
@@ -42,13 +43,61 @@ class CommitTarget:
     input_type: str | None
 
 
-def _passthrough(config: JobConfig, doc: Document) -> dict[str, Any]:
+def _passthrough(config: JobConfig, doc: Document) -> dict[str, Any] | None:
+    if not config.passthrough:
+        return None
     return {name: doc.extra.get(name) for name in config.passthrough}
 
 
-def _rows(t: CommitTarget, part: PartWork) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+@dataclass
+class _Embeddings:
+    """A part's embedding rows, column by column (no dict per row): ``columns`` per field
+    of the schema but the embedding and those the same for every row (``constants``);
+    ``vectors`` one array per row; ``extras`` the passthrough values per row (empty when
+    nothing passes through)."""
+
+    columns: dict[str, list[Any]]
+    constants: dict[str, Any]
+    vectors: list[np.ndarray] = field(default_factory=list)
+    extras: list[dict[str, Any]] = field(default_factory=list)
+
+
+_ROW_FIELDS = (
+    "doc_id",
+    "chunk_id",
+    "chunk_index",
+    "char_start",
+    "char_end",
+    "token_count",
+    "char_count",
+    "model_version",
+    "truncated",
+    "content_hash",
+    "section",
+    "page",
+)
+
+
+def _rows(t: CommitTarget, part: PartWork) -> tuple[_Embeddings, list[dict[str, Any]]]:
     config, now = t.config, datetime.now(UTC)
-    embeddings: list[dict[str, Any]] = []
+    keep_text = config.keep_chunk_text
+    constants: dict[str, Any] = {
+        "model_id": t.embed_model_id,
+        "input_type": t.input_type,
+        "run_id": config.run_id,
+        "embedded_at": now,
+    }
+    columns: dict[str, list[Any]] = {name: [] for name in _ROW_FIELDS}
+    if keep_text:
+        columns["text"] = []
+    else:
+        constants["text"] = None
+    emb = _Embeddings(columns, constants)
+    doc_ids, chunk_ids, indexes = columns["doc_id"], columns["chunk_id"], columns["chunk_index"]
+    starts, ends, tokens = columns["char_start"], columns["char_end"], columns["token_count"]
+    counts, versions = columns["char_count"], columns["model_version"]
+    truncated, hashes = columns["truncated"], columns["content_hash"]
+    sections, pages = columns["section"], columns["page"]
     summaries: list[dict[str, Any]] = []
     for w in part.docs:
         extra = _passthrough(config, w.doc)
@@ -56,28 +105,23 @@ def _rows(t: CommitTarget, part: PartWork) -> tuple[list[dict[str, Any]], list[d
             for c, hit in zip(w.chunks, w.hits, strict=True):
                 if hit is None:
                     continue  # a permanent failure: its failure row says why
-                row = {
-                    "doc_id": c.doc_id,
-                    "chunk_id": c.chunk_id,
-                    "chunk_index": c.chunk_index,
-                    "char_start": c.char_start,
-                    "char_end": c.char_end,
-                    "token_count": c.token_count,
-                    "char_count": len(c.text),
-                    "text": c.text if config.keep_chunk_text else None,
-                    "embedding": hit[0],
-                    "model_id": t.embed_model_id,
-                    "model_version": hit[2],
-                    "input_type": t.input_type,
-                    "truncated": hit[1],
-                    "content_hash": c.content_hash,
-                    "run_id": config.run_id,
-                    "embedded_at": now,
-                    "section": c.section,
-                    "page": c.page,
-                }
-                row.update(extra)
-                embeddings.append(row)
+                doc_ids.append(c.doc_id)
+                chunk_ids.append(c.chunk_id)
+                indexes.append(c.chunk_index)
+                starts.append(c.char_start)
+                ends.append(c.char_end)
+                tokens.append(c.token_count)
+                counts.append(len(c.text))
+                if keep_text:
+                    columns["text"].append(c.text)
+                emb.vectors.append(hit[0])
+                versions.append(hit[2])
+                truncated.append(hit[1])
+                hashes.append(c.content_hash)
+                sections.append(c.section)
+                pages.append(c.page)
+                if extra is not None:
+                    emb.extras.append(extra)
         s = w.summary
         if s is not None:
             summaries.append(
@@ -93,16 +137,17 @@ def _rows(t: CommitTarget, part: PartWork) -> tuple[list[dict[str, Any]], list[d
                     "content_hash": w.content_hash,
                     "run_id": config.run_id,
                     "created_at": now,
-                    **extra,
+                    **(extra or {}),
                 }
             )
-    return embeddings, summaries
+    return emb, summaries
 
 
 def write_part(t: CommitTarget, part: PartWork) -> tuple[int, int, list[Failure], int]:
     """Stage the part's tables and commit them (blocking). Returns (embedding rows,
     summary rows, failures, characters embedded)."""
     embeddings, summaries = _rows(t, part)
+    rows = len(embeddings.vectors)
     failures = list(part.failures) + [f for w in part.docs for f in w.failures]
     config, name = t.config, part_name(t.shard_id, part.seq)
     file_meta = {
@@ -110,15 +155,17 @@ def write_part(t: CommitTarget, part: PartWork) -> tuple[int, int, list[Failure]
         "oci_genai_batch.run_id": config.run_id,
     }
     files: dict[str, str] = {}
-    if embeddings:
+    if rows:
         meta = {
             **file_meta,
             "oci_genai_batch.embed_fingerprint": t.embed_fp_id,
             "oci_genai_batch.embed_fingerprint_json": to_json_text(t.embed_fp),
             "oci_genai_batch.dimension": str(t.dim),
         }
-        table = embeddings_table(embeddings, t.dim)
-        table = add_passthrough(table, embeddings, config.passthrough)
+        table = embeddings_table(
+            embeddings.columns, embeddings.constants, embeddings.vectors, t.dim
+        )
+        table = add_passthrough(table, embeddings.extras, config.passthrough)
         t.store.stage_parquet(f"embeddings/{name}", table, meta)
         files["embeddings"] = f"embeddings/{name}"
     if summaries:
@@ -150,13 +197,13 @@ def write_part(t: CommitTarget, part: PartWork) -> tuple[int, int, list[Failure]
             files=files,
             docs=docs,
             counts={
-                "embeddings": len(embeddings),
+                "embeddings": rows,
                 "summaries": len(summaries),
                 "failures": len(failures),
             },
         )
     )
-    return len(embeddings), len(summaries), failures, sum(r["char_count"] for r in embeddings)
+    return rows, len(summaries), failures, sum(embeddings.columns["char_count"])
 
 
 async def commit_stage(

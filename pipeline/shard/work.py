@@ -65,7 +65,7 @@ class DocWork:
 
     def embedding_settled(self) -> None:
         if self.embed and self.embed_state is None and not self.transient:
-            failed = any(f.stage == "embed" for f in self.failures)
+            failed = bool(self.failures) and any(f.stage == "embed" for f in self.failures)
             self.embed_state = FAILED if failed else OK
         if self.on_embedded:
             self.on_embedded(self)

@@ -1,7 +1,8 @@
-"""The ``--backend oci`` client and backend against scripted ``httpx.MockTransport``
-handlers (a true edge: no network). Request bodies, serving modes, request ids, the error
-classification table, response parsing, real RSA request signatures, config errors, and
-that no key material ever reaches an error or a repr."""
+"""The ``--backend oci`` client and backend against a scripted HTTP server on loopback
+(aiohttp, in a thread of its own): request bodies, serving modes, request ids, the error
+classification table, response parsing, transport failures the server really causes
+(stalls, resets, cut answers, a closed port), real RSA request signatures, config errors,
+and that no key material ever reaches an error or a repr."""
 
 from __future__ import annotations
 
@@ -9,18 +10,23 @@ import asyncio
 import base64
 import hashlib
 import re
-from collections.abc import Callable
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from multidict import CIMultiDict
 
 from pipeline.config import JobConfig
 from pipeline.errors import (
@@ -36,7 +42,7 @@ from pipeline.errors import (
 )
 from pipeline.genai.base import SummarySettings
 from pipeline.genai.oci_backend import OciBackend, Utf8ByteCounter, build_prompt
-from pipeline.genai.oci_client import OciGenAIClient, is_valid_request_id
+from pipeline.genai.oci_client import OciGenAIClient, is_valid_request_id, load_embed_answer
 
 COMPARTMENT = "ocid1.compartment.oc1..aaaatest"
 USER = "ocid1.user.oc1..aaaatestuser"
@@ -101,35 +107,134 @@ def job(**kw: Any) -> JobConfig:
     return JobConfig(**values)
 
 
-# --------------------------------------------------------------------------- transport
+# --------------------------------------------------------------------------- server
+
+
+@dataclass
+class Seen:
+    """One request as the server received it."""
+
+    method: str
+    raw_path: str
+    headers: CIMultiDict[str]
+    content: bytes
+
+    @property
+    def path(self) -> str:
+        return self.raw_path.split("?", 1)[0]
+
+
+@dataclass
+class Reply:
+    """An answer, or with ``fault`` none: ``stall`` (never answers), ``reset`` (TCP RST),
+    ``cut`` (a 200 whose body stops short), ``garbage`` (not HTTP)."""
+
+    status: int = 200
+    content: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    fault: str | None = None
 
 
 @dataclass
 class Script:
-    """A MockTransport handler: answers from ``respond(request, body)`` and records every
+    """The server's behaviour: answers from ``respond(request, body)`` and records every
     request with its parsed JSON body."""
 
-    respond: Callable[[httpx.Request, dict[str, Any]], httpx.Response]
-    requests: list[httpx.Request] = field(default_factory=list)
+    respond: Callable[[Seen, dict[str, Any]], Reply]
+    requests: list[Seen] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: Seen) -> Reply:
         body = orjson.loads(request.content)
         self.requests.append(request)
         self.bodies.append(body)
         return self.respond(request, body)
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
+
+class Server:
+    """An HTTP server on 127.0.0.1 (a free port) in a thread with its own event loop;
+    each request goes to the current ``script``. Keeps every connection's transport, so a
+    test can see which the client closed."""
+
+    def __init__(self) -> None:
+        self.script: Script | None = None
+        self.transports: list[asyncio.BaseTransport] = []
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(self._serve(ready),), daemon=True
+        )
+        self._thread.start()
+        assert ready.wait(10)
+
+    async def _serve(self, ready: threading.Event) -> None:
+        self._stop = asyncio.Event()
+        handler = web.Server(self._handle)
+        server = await self._loop.create_server(handler, "127.0.0.1", 0)
+        self.host = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        ready.set()
+        await self._stop.wait()
+        server.close()
+        await handler.shutdown(1.0)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def open_connections(self) -> int:
+        """Connections the client has not closed, after a moment for its FIN to arrive."""
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if all(t.is_closing() for t in self.transports):
+                break
+            time.sleep(0.01)
+        return sum(1 for t in self.transports if not t.is_closing())
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None and self.script is not None
+        if transport not in self.transports:
+            self.transports.append(transport)
+        seen = Seen(request.method, request.raw_path, CIMultiDict(request.headers), b"")
+        seen.content = await request.read()
+        reply = self.script(seen)
+        if reply.fault == "stall":
+            await self._stop.wait()
+        elif reply.fault == "reset":  # SO_LINGER 0: close() sends RST, not FIN
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        elif reply.fault == "cut":
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            transport.write(head + b'Content-Length: 1000\r\n\r\n{"embeddings": [[')
+            transport.close()
+        elif reply.fault == "garbage":
+            transport.write(b"SPAM SPAM SPAM\r\n\r\n")
+            transport.close()
+        if reply.fault:
+            raise asyncio.CancelledError()  # ends the request without writing an answer
+        headers = {"content-type": "application/json", **reply.headers}
+        return web.Response(status=reply.status, body=reply.content, headers=headers)
 
 
-def answer(data: Any, status: int = 200, **headers: str) -> httpx.Response:
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    srv = Server()
+    yield srv
+    srv.close()
+
+
+def answer(data: Any, status: int = 200, **headers: str) -> Reply:
     content = data if isinstance(data, bytes) else orjson.dumps(data)
-    return httpx.Response(status, content=content, headers=headers)
+    return Reply(status, content, headers)
 
 
-def embed_ok(dim: int = 4) -> Callable[[httpx.Request, dict[str, Any]], httpx.Response]:
-    def respond(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+def embed_ok(dim: int = 4) -> Callable[[Seen, dict[str, Any]], Reply]:
+    def respond(request: Seen, body: dict[str, Any]) -> Reply:
         rows = [[float(i)] + [0.5] * (dim - 1) for i in range(len(body["inputs"]))]
         return answer(
             {"id": "x", "embeddings": rows, "modelVersion": "4.0", "usage": {"promptTokens": 7}}
@@ -138,9 +243,16 @@ def embed_ok(dim: int = 4) -> Callable[[httpx.Request, dict[str, Any]], httpx.Re
     return respond
 
 
-def backend_for(script: Script, keys: Keys, tmp: Path, **kw: Any) -> OciBackend:
-    config = job(oci_config=str(write_oci_config(tmp, keys)), **kw)
-    return OciBackend.from_config(config, transport=script.transport())
+def serve(server: Server, script: Script) -> str:
+    """Make ``script`` the server's behaviour; the endpoint to reach it."""
+    server.script = script
+    return server.url
+
+
+def backend_for(script: Script, keys: Keys, tmp: Path, server: Server, **kw: Any) -> OciBackend:
+    endpoint = serve(server, script)
+    config = job(oci_config=str(write_oci_config(tmp, keys)), genai_endpoint=endpoint, **kw)
+    return OciBackend.from_config(config)
 
 
 def run(coro: Any) -> Any:
@@ -150,14 +262,15 @@ def run(coro: Any) -> Any:
 # --------------------------------------------------------------------------- embeddings
 
 
-def test_embed_body_vectors_and_request_id(keys: Keys, tmp_path: Path) -> None:
+def test_embed_body_vectors_and_request_id(keys: Keys, tmp_path: Path, server: Server) -> None:
     script = Script(embed_ok(dim=1536))
-    backend = backend_for(script, keys, tmp_path)
+    backend = backend_for(script, keys, tmp_path, server)
     result = run(backend.embed(["first", "second", "third"]))
 
     (req,) = script.requests
     assert req.method == "POST"
-    assert str(req.url) == "https://genai.test/20231130/actions/embedText"
+    assert req.raw_path == "/20231130/actions/embedText"
+    assert req.headers["host"] == server.host
     assert req.headers["content-type"] == "application/json"
     assert script.bodies[0] == {
         "inputs": ["first", "second", "third"],
@@ -178,10 +291,18 @@ def test_embed_body_vectors_and_request_id(keys: Keys, tmp_path: Path) -> None:
     assert is_valid_request_id(rid) and result.request_id == rid
 
 
-def test_dedicated_endpoint_and_output_dimensions(keys: Keys, tmp_path: Path) -> None:
+def test_dedicated_endpoint_and_output_dimensions(
+    keys: Keys, tmp_path: Path, server: Server
+) -> None:
     script = Script(embed_ok(dim=256))
     backend = backend_for(
-        script, keys, tmp_path, embed_model=DEDICATED, output_dimensions=256, truncate="NONE"
+        script,
+        keys,
+        tmp_path,
+        server,
+        embed_model=DEDICATED,
+        output_dimensions=256,
+        truncate="NONE",
     )
     assert backend.dim == 256
     result = run(backend.embed(["a"]))
@@ -209,9 +330,15 @@ def test_dedicated_endpoint_and_output_dimensions(keys: Keys, tmp_path: Path) ->
     ],
 )
 def test_model_limits(
-    model: str, dim: int, per_input: int, per_call: int | None, keys: Keys, tmp_path: Path
+    model: str,
+    dim: int,
+    per_input: int,
+    per_call: int | None,
+    keys: Keys,
+    tmp_path: Path,
+    server: Server,
 ) -> None:
-    backend = backend_for(Script(embed_ok()), keys, tmp_path, embed_model=model)
+    backend = backend_for(Script(embed_ok()), keys, tmp_path, server, embed_model=model)
     assert (backend.dim, backend.max_input_tokens, backend.max_batch_tokens) == (
         dim,
         per_input,
@@ -220,13 +347,67 @@ def test_model_limits(
     assert backend.max_batch_inputs == 96
 
 
-def test_truncation_is_estimated_from_bytes(keys: Keys, tmp_path: Path) -> None:
+def test_truncation_is_estimated_from_bytes(keys: Keys, tmp_path: Path, server: Server) -> None:
     backend = backend_for(
-        Script(embed_ok()), keys, tmp_path, embed_model="cohere.embed-english-v3.0"
+        Script(embed_ok()), keys, tmp_path, server, embed_model="cohere.embed-english-v3.0"
     )
     long_text = "word " * 500  # 2,500 bytes > 4 x 512
     result = run(backend.embed(["short", long_text]))
     assert result.truncated == [False, True]
+
+
+def test_embed_answers_are_read_into_one_array_as_orjson_would_read_them() -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((96, 1024)).astype(np.float32)
+    data = {
+        "id": "x[1]",  # a bracket in a string is not a row
+        "embeddings": vectors,
+        "modelId": "cohere.embed-v4.0",
+        "modelVersion": "4.0",
+        "usage": {"promptTokens": 4000, "totalTokens": 4000},
+        "other": [[1, 2], {"a": [None, True]}],
+    }
+    content = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    fast = load_embed_answer(content)
+    plain = orjson.loads(content)
+    assert isinstance(fast["embeddings"], np.ndarray)
+    assert fast["embeddings"].dtype == np.float32 and fast["embeddings"].shape == (96, 1024)
+    assert np.array_equal(fast["embeddings"], np.asarray(plain["embeddings"], np.float32))
+    assert {k: v for k, v in fast.items() if k != "embeddings"} == {
+        k: v for k, v in plain.items() if k != "embeddings"
+    }
+    # integers are numbers too
+    assert load_embed_answer(b'{"embeddings": [[1, 2], [3, 4.5]]}')["embeddings"].tolist() == [
+        [1.0, 2.0],
+        [3.0, 4.5],
+    ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"embeddings": [[1.0, null]]}',
+        b'{"embeddings": [[1.0, [2.0], 3.0]]}',
+        b'{"embeddings": [[1.0, 2.0], [3.0]]}',
+        b'{"embeddings": []}',
+        b'{"embeddings": "none"}',
+        b'{"id": "\\u005b", "embeddings": [[1.0]]}',  # an escaped bracket
+        b"[[1.0, 2.0]]",
+        b'{"embeddings": [[1.0, "2"]]}',  # numpy reads "2" as 2.0, as it always did
+    ],
+)
+def test_other_embed_answers_are_read_by_orjson(content: bytes) -> None:
+    got = load_embed_answer(content)
+    want = orjson.loads(content)
+    if isinstance(want, dict) and isinstance(got.get("embeddings"), np.ndarray):
+        got = {**got, "embeddings": got["embeddings"].tolist()}
+    assert got == want
+
+
+@pytest.mark.parametrize("content", [b'{"embeddings": [[1.0, 2.0]', b'{"embeddings": [[1e400]]}'])
+def test_an_embed_answer_orjson_refuses_is_a_json_error(content: bytes) -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        load_embed_answer(content)
 
 
 @pytest.mark.parametrize(
@@ -235,23 +416,28 @@ def test_truncation_is_estimated_from_bytes(keys: Keys, tmp_path: Path) -> None:
         ({"embeddings": [[1.0, 2.0], [3.0]]}, "different lengths"),
         ({"embeddings": [[1.0, 2.0]]}, "1 embeddings for 2 inputs"),
         ({"embeddings": [[1.0, None], [1.0, 2.0]]}, "non-numeric"),
+        # as many numbers as 2 x 3, but not as 2 rows of 3
+        ({"embeddings": [[1.0, [2.0], 3.0], [1.0, 2.0, 3.0]]}, "non-numeric"),
+        ({"embeddings": [[1.0], [2.0, 3.0, 4.0, 5.0, 6.0]]}, "1 embeddings|different lengths"),
+        ({"embeddings": [[[1.0]], [[2.0]]]}, "non-numeric"),
+        ({"embeddings": [[1e39, 2.0], [1.0, 2.0]]}, "infinite"),  # beyond float32
         ({"id": "no vectors"}, "no embeddings"),
     ],
 )
 def test_malformed_embeddings_are_bad_responses(
-    data: dict[str, Any], what: str, keys: Keys, tmp_path: Path
+    data: dict[str, Any], what: str, keys: Keys, tmp_path: Path, server: Server
 ) -> None:
-    backend = backend_for(Script(lambda r, b: answer(data)), keys, tmp_path)
+    backend = backend_for(Script(lambda r, b: answer(data)), keys, tmp_path, server)
     with pytest.raises(BadResponseError, match=what) as info:
         run(backend.embed(["a", "b"]))
     assert info.value.retryable and info.value.request_id
 
 
 def test_a_text_that_cannot_be_json_is_a_bad_request_and_sends_nothing(
-    keys: Keys, tmp_path: Path
+    keys: Keys, tmp_path: Path, server: Server
 ) -> None:
     script = Script(embed_ok())
-    backend = backend_for(script, keys, tmp_path)
+    backend = backend_for(script, keys, tmp_path, server)
     with pytest.raises(BadRequestError) as info:
         run(backend.embed(["ok", "lone \udc80 surrogate"]))
     assert not info.value.retryable and info.value.request_id
@@ -261,7 +447,7 @@ def test_a_text_that_cannot_be_json_is_a_bad_request_and_sends_nothing(
 # --------------------------------------------------------------------------- summaries
 
 
-def cohere_chat(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+def cohere_chat(request: Seen, body: dict[str, Any]) -> Reply:
     return answer(
         {
             "modelId": "cohere.command-a-03-2025",
@@ -276,7 +462,7 @@ def cohere_chat(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
     )
 
 
-def generic_chat(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+def generic_chat(request: Seen, body: dict[str, Any]) -> Reply:
     message = {"role": "ASSISTANT", "content": [{"type": "TEXT", "text": "- a\n- b"}]}
     return answer(
         {
@@ -292,14 +478,14 @@ def generic_chat(request: httpx.Request, body: dict[str, Any]) -> httpx.Response
     )
 
 
-def test_chat_cohere_summary(keys: Keys, tmp_path: Path) -> None:
+def test_chat_cohere_summary(keys: Keys, tmp_path: Path, server: Server) -> None:
     script = Script(cohere_chat)
-    backend = backend_for(script, keys, tmp_path)
+    backend = backend_for(script, keys, tmp_path, server)
     settings = SummarySettings(length="MEDIUM", format="BULLETS", extractiveness="HIGH")
     result = run(backend.summarize("The document text.\nSecond line.", settings))
 
     req = script.requests[0]
-    assert req.url.path == "/20231130/actions/chat"
+    assert req.path == "/20231130/actions/chat"
     body = script.bodies[0]
     assert body["compartmentId"] == COMPARTMENT
     assert body["servingMode"] == {
@@ -319,9 +505,11 @@ def test_chat_cohere_summary(keys: Keys, tmp_path: Path) -> None:
     assert result.request_id == req.headers["opc-request-id"]
 
 
-def test_chat_generic_summary(keys: Keys, tmp_path: Path) -> None:
+def test_chat_generic_summary(keys: Keys, tmp_path: Path, server: Server) -> None:
     script = Script(generic_chat)
-    backend = backend_for(script, keys, tmp_path, summary_model="meta.llama-3.3-70b-instruct")
+    backend = backend_for(
+        script, keys, tmp_path, server, summary_model="meta.llama-3.3-70b-instruct"
+    )
     result = run(backend.summarize("Doc.", SummarySettings(length="LONG")))
     chat = script.bodies[0]["chatRequest"]
     assert chat["apiFormat"] == "GENERIC"
@@ -334,9 +522,13 @@ def test_chat_generic_summary(keys: Keys, tmp_path: Path) -> None:
     assert (result.input_tokens, result.output_tokens) == (50, 4)
 
 
-def test_chat_format_setting_overrides_the_model_guess(keys: Keys, tmp_path: Path) -> None:
+def test_chat_format_setting_overrides_the_model_guess(
+    keys: Keys, tmp_path: Path, server: Server
+) -> None:
     script = Script(generic_chat)
-    backend = backend_for(script, keys, tmp_path, summary_model=DEDICATED, chat_format="GENERIC")
+    backend = backend_for(
+        script, keys, tmp_path, server, summary_model=DEDICATED, chat_format="GENERIC"
+    )
     run(backend.summarize("Doc.", SummarySettings()))
     body = script.bodies[0]
     assert body["servingMode"] == {"servingType": "DEDICATED", "endpointId": DEDICATED}
@@ -344,22 +536,22 @@ def test_chat_format_setting_overrides_the_model_guess(keys: Keys, tmp_path: Pat
 
 
 @pytest.mark.parametrize("reason", ["ERROR_TOXIC", "ERROR"])
-def test_refused_chat_is_permanent(reason: str, keys: Keys, tmp_path: Path) -> None:
+def test_refused_chat_is_permanent(reason: str, keys: Keys, tmp_path: Path, server: Server) -> None:
     data = {"modelVersion": "1", "chatResponse": {"text": "", "finishReason": reason}}
-    backend = backend_for(Script(lambda r, b: answer(data)), keys, tmp_path)
+    backend = backend_for(Script(lambda r, b: answer(data)), keys, tmp_path, server)
     with pytest.raises(ServiceError, match=reason) as info:
         run(backend.summarize("Doc.", SummarySettings()))
     assert not info.value.retryable and info.value.code == reason
 
 
-def test_summarize_text_api(keys: Keys, tmp_path: Path) -> None:
+def test_summarize_text_api(keys: Keys, tmp_path: Path, server: Server) -> None:
     script = Script(lambda r, b: answer({"id": "s", "summary": "Short.", "modelVersion": "15.6"}))
     backend = backend_for(
-        script, keys, tmp_path, summary_api="summarize_text", summary_model="cohere.command"
+        script, keys, tmp_path, server, summary_api="summarize_text", summary_model="cohere.command"
     )
     settings = SummarySettings("SHORT", "PARAGRAPH", "LOW", additional_command="focus on X")
     result = run(backend.summarize("Long text.", settings))
-    assert script.requests[0].url.path == "/20231130/actions/summarizeText"
+    assert script.requests[0].path == "/20231130/actions/summarizeText"
     assert script.bodies[0] == {
         "input": "Long text.",
         "servingMode": {"servingType": "ON_DEMAND", "modelId": "cohere.command"},
@@ -384,9 +576,9 @@ def test_prompt_wording() -> None:
 # --------------------------------------------------------------------------- other actions
 
 
-def test_generate_and_rerank(keys: Keys, tmp_path: Path) -> None:
-    def respond(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
-        if request.url.path.endswith("/generateText"):
+def test_generate_and_rerank(keys: Keys, tmp_path: Path, server: Server) -> None:
+    def respond(request: Seen, body: dict[str, Any]) -> Reply:
+        if request.path.endswith("/generateText"):
             runtime = body["inferenceRequest"]["runtimeType"]
             if runtime == "COHERE":
                 inner = {"runtimeType": "COHERE", "generatedTexts": [{"text": "gen"}]}
@@ -400,7 +592,7 @@ def test_generate_and_rerank(keys: Keys, tmp_path: Path) -> None:
         return answer({"id": "r", "modelVersion": "3.5", "documentRanks": ranks})
 
     script = Script(respond)
-    backend = backend_for(script, keys, tmp_path)
+    backend = backend_for(script, keys, tmp_path, server)
     gen = run(backend.generate("Say hi", 50))
     llama = run(backend.generate("Say hi", 20, model_id="meta.llama-2-70b-chat"))
     ranked = run(backend.rerank("query", ["a", "b"], 2, model_id="cohere.rerank-v3.5"))
@@ -416,7 +608,7 @@ def test_generate_and_rerank(keys: Keys, tmp_path: Path) -> None:
         },
     }
     assert script.bodies[1]["inferenceRequest"]["runtimeType"] == "LLAMA"
-    assert script.requests[2].url.path == "/20231130/actions/rerankText"
+    assert script.requests[2].path == "/20231130/actions/rerankText"
     assert script.bodies[2] == {
         "input": "query",
         "documents": ["a", "b"],
@@ -461,9 +653,10 @@ def test_status_classification(
     retryable: bool,
     keys: Keys,
     tmp_path: Path,
+    server: Server,
 ) -> None:
-    script = Script(lambda r, b: httpx.Response(status, content=content, headers=headers))
-    backend = backend_for(script, keys, tmp_path)
+    script = Script(lambda r, b: answer(content, status, **headers))
+    backend = backend_for(script, keys, tmp_path, server)
     with pytest.raises(GenAIError) as info:
         run(backend.embed(["a"]))
     err = info.value
@@ -481,24 +674,28 @@ def test_status_classification(
     assert "authorization" not in str(err).lower() and "Signature" not in str(err)
 
 
-def test_retry_after_as_http_date_and_long_messages_are_cut(keys: Keys, tmp_path: Path) -> None:
+def test_retry_after_as_http_date_and_long_messages_are_cut(
+    keys: Keys, tmp_path: Path, server: Server
+) -> None:
     later = formatdate(parsedate_to_datetime(formatdate(usegmt=True)).timestamp() + 30, usegmt=True)
     content = _error("TooManyRequests", "x" * 5000)
     script = Script(lambda r, b: answer(content, 429, **{"retry-after": later}))
     with pytest.raises(ThrottledError) as info:
-        run(backend_for(script, keys, tmp_path).embed(["a"]))
+        run(backend_for(script, keys, tmp_path, server).embed(["a"]))
     assert info.value.retry_after is not None and 25 <= info.value.retry_after <= 31
     assert len(str(info.value)) < 700
 
 
-def test_the_service_request_id_is_kept_with_ours(keys: Keys, tmp_path: Path) -> None:
-    def respond(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+def test_the_service_request_id_is_kept_with_ours(
+    keys: Keys, tmp_path: Path, server: Server
+) -> None:
+    def respond(request: Seen, body: dict[str, Any]) -> Reply:
         ours = request.headers["opc-request-id"]
         return answer(_error("InternalServerError"), 500, **{"opc-request-id": f"{ours}/SRV1"})
 
     script = Script(respond)
     with pytest.raises(ServerError) as info:
-        run(backend_for(script, keys, tmp_path).embed(["a"]))
+        run(backend_for(script, keys, tmp_path, server).embed(["a"]))
     assert info.value.request_id == script.requests[0].headers["opc-request-id"] + "/SRV1"
 
 
@@ -506,44 +703,86 @@ def test_the_service_request_id_is_kept_with_ours(keys: Keys, tmp_path: Path) ->
     ("content", "what"), [(b"{not json", "not valid JSON"), (b"[1, 2]", "a JSON list")]
 )
 def test_a_2xx_that_is_not_a_json_object(
-    content: bytes, what: str, keys: Keys, tmp_path: Path
+    content: bytes, what: str, keys: Keys, tmp_path: Path, server: Server
 ) -> None:
-    script = Script(lambda r, b: httpx.Response(200, content=content))
+    script = Script(lambda r, b: answer(content))
     with pytest.raises(BadResponseError, match=what) as info:
-        run(backend_for(script, keys, tmp_path).embed(["a"]))
+        run(backend_for(script, keys, tmp_path, server).embed(["a"]))
     assert info.value.retryable
     assert info.value.request_id == script.requests[0].headers["opc-request-id"]
 
 
+def _closed_port() -> str:
+    """An endpoint nothing listens on: a port bound, then let go."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 @pytest.mark.parametrize(
-    "exc",
+    ("fault", "names"),
     [
-        httpx.ReadTimeout("timed out"),
-        httpx.ConnectTimeout("connect timed out"),
-        httpx.ConnectError("refused"),
-        httpx.RemoteProtocolError("peer closed connection"),
-        httpx.ReadError("reset by peer"),
+        ("stall", "SocketTimeoutError"),  # no answer within timeout_s
+        ("reset", "ServerDisconnectedError|ClientOSError|ClientConnectionResetError"),
+        ("cut", "ClientPayloadError"),  # a 200 whose body stops short
+        ("garbage", "ClientResponseError|ServerDisconnectedError"),  # not HTTP
+        ("refused", "ClientConnectorError"),  # nothing listens
     ],
 )
-def test_transport_failures(exc: Exception, keys: Keys, tmp_path: Path) -> None:
-    sent: list[str] = []
-
-    def raising(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
-        sent.append(request.headers["opc-request-id"])
-        raise exc
-
+def test_transport_failures(
+    fault: str, names: str, keys: Keys, tmp_path: Path, server: Server
+) -> None:
+    script = Script(lambda r, b: Reply(fault=fault))
+    endpoint = _closed_port() if fault == "refused" else serve(server, script)
+    config = job(
+        oci_config=str(write_oci_config(tmp_path, keys)), genai_endpoint=endpoint, timeout_s=0.5
+    )
+    backend = OciBackend.from_config(config)
+    started = time.monotonic()
     with pytest.raises(TransportError) as info:
-        run(backend_for(Script(raising), keys, tmp_path).embed(["a"]))
+        run(backend.embed(["a"]))
+    assert time.monotonic() - started < 10
     err = info.value
     assert err.retryable and err.status is None
-    assert err.request_id == sent[0] and sent[0] in str(err)
-    assert type(exc).__name__ in str(err)
+    sent = [r.headers["opc-request-id"] for r in script.requests]
+    assert len(sent) == (0 if fault == "refused" else 1)
+    assert is_valid_request_id(err.request_id or "") and err.request_id in str(err)
+    assert sent == [] or err.request_id == sent[0]
+    assert re.search(rf"embedText: ({names})\b.*\(request not answered\)", str(err)), str(err)
     assert err.__cause__ is None and err.__context__ is None  # holds no request
 
 
-def test_request_ids_are_unique_and_valid(keys: Keys, tmp_path: Path) -> None:
+def test_a_proxy_from_the_environment_is_used(
+    keys: Keys, tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY and NO_PROXY are honoured (as httpx honoured them): the loopback server
+    stands in for the proxy and sees a request for the endpoint's host, signed for it. No
+    name is resolved: only the proxy is connected to."""
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
     script = Script(embed_ok())
-    backend = backend_for(script, keys, tmp_path)
+    serve(server, script)
+    oci_config = str(write_oci_config(tmp_path, keys))
+    config = job(oci_config=oci_config, genai_endpoint="http://genai.test")
+    run(OciBackend.from_config(config).embed(["via the proxy"]))
+    (req,) = script.requests
+    assert req.headers["host"] == "genai.test"
+    _verify_signature(req, keys.private.public_key(), target="/20231130/actions/embedText")
+    # an endpoint NO_PROXY names is reached directly (here: a closed port, refused)
+    closed = _closed_port()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = job(oci_config=oci_config, genai_endpoint=closed)
+    with pytest.raises(TransportError, match="ClientConnectorError"):
+        run(OciBackend.from_config(direct).embed(["direct"]))
+    monkeypatch.delenv("NO_PROXY")
+    run(OciBackend.from_config(direct).embed(["proxied again"]))  # the proxy answers it
+    assert len(script.requests) == 2
+
+
+def test_request_ids_are_unique_and_valid(keys: Keys, tmp_path: Path, server: Server) -> None:
+    script = Script(embed_ok())
+    backend = backend_for(script, keys, tmp_path, server)
 
     async def many() -> None:
         await asyncio.gather(*(backend.embed([f"t{i}"]) for i in range(20)))
@@ -557,49 +796,45 @@ def test_request_ids_are_unique_and_valid(keys: Keys, tmp_path: Path) -> None:
     assert not is_valid_request_id("has space")
 
 
-class ClosingTransport(httpx.MockTransport):
-    """A scripted transport that counts how often a client closed it."""
-
-    closed = 0
-
-    async def aclose(self) -> None:
-        self.closed += 1
-
-
-def test_each_event_loop_closes_its_own_pool(keys: Keys, tmp_path: Path) -> None:
+def test_each_event_loop_closes_its_own_pool(keys: Keys, tmp_path: Path, server: Server) -> None:
     """``run_shard(spec, config, backend=...)`` is one ``asyncio.run`` per call, so a caller
     that passes one backend to several calls uses it from several event loops: each loop
     gets its own connection pool, closed when that loop ends, before the next one opens."""
     script = Script(embed_ok())
-    transport = ClosingTransport(script)
-    config = job(oci_config=str(write_oci_config(tmp_path, keys)))
-    backend = OciBackend.from_config(config, transport=transport)
+    backend = backend_for(script, keys, tmp_path, server)
+    before = len(server.transports)
     for n in (1, 2, 3):
         assert run(backend.embed(["a"])).vectors.shape == (1, 4)
-        assert transport.closed == n  # this loop's pool went with it: no leaked socket
+        assert len(server.transports) - before == n  # a new connection for each loop
+        assert server.open_connections() == 0  # this loop's pool went with it
     run(backend.aclose())  # a loop that never used it: nothing left to close
-    assert transport.closed == 3 and len(script.requests) == 3
+    assert len(server.transports) - before == 3 and len(script.requests) == 3
 
     async def used_then_closed() -> None:
         await backend.embed(["b"])
         await backend.aclose()  # closes the pool at once, not at the loop's end
+        assert server.open_connections() == 0
 
     run(used_then_closed())
-    assert transport.closed == 4 and len(script.requests) == 4
+    assert len(server.transports) - before == 4 and len(script.requests) == 4
 
 
 # --------------------------------------------------------------------------- signing
 
 
-def _verify_signature(request: httpx.Request, public_key: rsa.RSAPublicKey) -> dict[str, str]:
+def _verify_signature(
+    request: Seen, public_key: rsa.RSAPublicKey, target: str | None = None
+) -> dict[str, str]:
+    """The signature's parameters, once it is checked against ``request`` (whose
+    request-target is ``target`` when a proxy saw the absolute URL)."""
     auth = request.headers["authorization"]
     assert auth.startswith("Signature ")
     params = dict(re.findall(r'(\w+)="([^"]*)"', auth))
     lines = []
     for name in params["headers"].split(" "):
         if name == "(request-target)":
-            target = request.url.raw_path.decode()
-            lines.append(f"(request-target): {request.method.lower()} {target}")
+            path = target or request.raw_path
+            lines.append(f"(request-target): {request.method.lower()} {path}")
         else:
             lines.append(f"{name}: {request.headers[name]}")
     public_key.verify(
@@ -611,9 +846,9 @@ def _verify_signature(request: httpx.Request, public_key: rsa.RSAPublicKey) -> d
     return params
 
 
-def test_requests_carry_a_valid_oci_signature(keys: Keys, tmp_path: Path) -> None:
+def test_requests_carry_a_valid_oci_signature(keys: Keys, tmp_path: Path, server: Server) -> None:
     script = Script(embed_ok())
-    run(backend_for(script, keys, tmp_path).embed(["signed body"]))
+    run(backend_for(script, keys, tmp_path, server).embed(["signed body"]))
     req = script.requests[0]
     params = _verify_signature(req, keys.private.public_key())
     assert params["keyId"] == f"{TENANCY}/{USER}/{keys.fingerprint}"
@@ -624,17 +859,19 @@ def test_requests_carry_a_valid_oci_signature(keys: Keys, tmp_path: Path) -> Non
     digest = base64.b64encode(hashlib.sha256(req.content).digest()).decode()
     assert req.headers["x-content-sha256"] == digest
     assert req.headers["content-length"] == str(len(req.content))
-    assert req.headers["host"] == "genai.test"
+    assert req.headers["host"] == server.host
     assert req.headers["date"].endswith("GMT")
 
 
-def test_security_token_profile_signs_with_the_token(keys: Keys, tmp_path: Path) -> None:
+def test_security_token_profile_signs_with_the_token(
+    keys: Keys, tmp_path: Path, server: Server
+) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("session-token-1\n")
     config = write_oci_config(tmp_path, keys, user=None, security_token_file=str(token_file))
     script = Script(embed_ok())
     backend = OciBackend.from_config(
-        job(oci_config=str(config), auth="security_token"), transport=script.transport()
+        job(oci_config=str(config), auth="security_token", genai_endpoint=serve(server, script))
     )
     run(backend.embed(["a"]))
     params = _verify_signature(script.requests[0], keys.private.public_key())
@@ -659,7 +896,9 @@ class TokenRefreshingSigner:
         return self.inner(request)
 
 
-def test_principal_signers_sign_off_the_event_loop(keys: Keys, tmp_path: Path) -> None:
+def test_principal_signers_sign_off_the_event_loop(
+    keys: Keys, tmp_path: Path, server: Server
+) -> None:
     import threading
 
     from pipeline.genai.oci_auth import load_signer
@@ -667,15 +906,18 @@ def test_principal_signers_sign_off_the_event_loop(keys: Keys, tmp_path: Path) -
     config = job(oci_config=str(write_oci_config(tmp_path, keys)))
     signer = TokenRefreshingSigner(load_signer(config)[0])
     script = Script(embed_ok())
-    run(OciBackend.from_config(config, transport=script.transport(), signer=signer).embed(["a"]))
+    config = job(oci_config=config.oci_config, genai_endpoint=serve(server, script))
+    run(OciBackend.from_config(config, signer=signer).embed(["a"]))
     _verify_signature(script.requests[0], keys.private.public_key())
     assert signer.threads and threading.get_ident() not in signer.threads
 
 
-def test_a_failed_signing_is_a_retryable_transport_error(keys: Keys, tmp_path: Path) -> None:
+def test_a_failed_signing_is_a_retryable_transport_error(
+    keys: Keys, tmp_path: Path, server: Server
+) -> None:
     script = Script(embed_ok())
     backend = OciBackend.from_config(
-        job(), transport=script.transport(), signer=TokenRefreshingSigner(None, fail=True)
+        job(genai_endpoint=serve(server, script)), signer=TokenRefreshingSigner(None, fail=True)
     )
     with pytest.raises(TransportError, match="signing the request failed") as info:
         run(backend.embed(["a"]))
@@ -755,9 +997,9 @@ def _assert_no_secrets(text: str, other: str, keys: Keys) -> None:
         assert chunk not in text and chunk not in other
 
 
-def test_no_key_material_in_reprs_or_errors(keys: Keys, tmp_path: Path) -> None:
+def test_no_key_material_in_reprs_or_errors(keys: Keys, tmp_path: Path, server: Server) -> None:
     script = Script(lambda r, b: answer(_error("NotAuthenticated", "bad signature"), 401))
-    backend = backend_for(script, keys, tmp_path)
+    backend = backend_for(script, keys, tmp_path, server)
     with pytest.raises(AuthError) as info:
         run(backend.embed(["a"]))
     texts = [str(info.value), repr(info.value), repr(backend), repr(backend.client)]
@@ -778,6 +1020,17 @@ def test_utf8_byte_counter() -> None:
     for text in ("plain", "naïve café €5 😀", "lone \udc80"):
         assert len(counter.spans(text)) == len(text.encode("utf-8", "surrogatepass"))
         assert counter.count(text) == len(counter.spans(text))
+
+
+def test_utf8_byte_counter_extent_is_what_its_spans_give() -> None:
+    from pipeline.chunking import _extent
+
+    class SpansOnly:  # the same counter without its extent shortcut
+        name, special_tokens = "utf8-bytes", 0
+        spans = staticmethod(Utf8ByteCounter().spans)
+
+    for text in ("a", "  padded  ", "naïve café €5 😀", "x" * 31, "é" * 40, "word " * 100, ""):
+        assert Utf8ByteCounter().extent(text) == _extent(SpansOnly(), text)
 
 
 def test_utf8_byte_counter_is_fast_on_big_texts() -> None:
