@@ -12,13 +12,14 @@ Layout (every file written through the :class:`~pipeline.sinks.OutputStore`)::
     _state/index/g<generation>-<writer>/<table>/part-<p>.idx   (Parquet)
 
 Index files are Parquet named ``.idx``, so that a reader of ``OUTPUT/**/*.parquet`` sees
-only the datasets. A *table* is one task under one fingerprint: ``embed-<fp>`` or ``summary-<fp>``; a changed
-model writes a new table and leaves the old one (a switch back finds it). Each table is
-split into :data:`PARTITIONS` files by ``key``, a 64-bit hash of ``doc_id`` (the top bits,
-so partitions follow key order), never by shard: a document keeps its place when
-``--shards`` changes or files are added. Rows: ``doc_id``, ``key``, ``chash`` (64-bit
-hash of the content hash), ``state`` (1 ok, 2 failed), ``rank`` (the record's
-``committed_at`` in microseconds), sorted by ``key``, one row per key (the latest).
+only the datasets. A *table* is one task under one fingerprint: ``embed-<fp>`` or
+``summary-<fp>``; a changed model writes a new table and leaves the old one (a switch
+back finds it). Each table is split into :data:`PARTITIONS` files by ``key``, a 64-bit
+hash of ``doc_id`` (the top bits, so partitions follow key order), never by shard: a
+document keeps its place when ``--shards`` changes or files are added. Rows: ``doc_id``,
+``key``, ``chash`` (64-bit hash of the content hash), ``state`` (1 ok, 2 failed), ``rank``
+(the record's ``committed_at`` in microseconds), sorted by ``key``, one row per key (the
+latest).
 
 The manifest is the index's commit point: it names the partition files of every table and
 ``folded``, the commit records already folded in (per shard, ranges of sequence numbers).
@@ -44,7 +45,7 @@ The lookup (:class:`Index`) is an SQLite file in a temporary directory, one tabl
 role (embed, embed under the pre-sections fingerprint, summary), keyed by ``key``: the
 shard asks it a source batch at a time (:meth:`Index.prefetch`), so its memory is a few
 MB of SQLite page cache plus one batch, whatever the corpus size; the file takes about
-30 bytes per committed document. Keys and content hashes are compared as 64-bit hashes:
+35 bytes per committed document. Keys and content hashes are compared as 64-bit hashes:
 a document is wrongly skipped only if its id's hash equals another committed document's
 *and* their texts' hashes agree too, or a changed text's hash equals the old one in 64
 bits (odds of about 2^-64 per pair).
