@@ -12,6 +12,7 @@ the index was compacted (every commit record read into a dict).
 
 Part 2, memory: per size, the real CLI in a fresh process makes the first run, then runs
 again over the same corpus (0 model calls); the process's RSS is sampled every 50 ms.
+``--cli`` runs another checkout's command instead (the figures before this change).
 """
 
 from __future__ import annotations
@@ -117,9 +118,9 @@ def startup(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def run_cli(corpus: str, output: str, extra: list[str]) -> tuple[float, float, dict]:
+def run_cli(corpus: str, output: str, extra: list[str], cli: str) -> tuple[float, float, dict]:
     cmd = [
-        os.path.join(os.path.dirname(sys.executable), "oci-genai-batch"),
+        cli,
         "run",
         "--source",
         corpus,
@@ -161,8 +162,8 @@ def memory(args: argparse.Namespace) -> list[str]:
         out = os.path.join(args.workdir, f"out-{n}")
         shutil.rmtree(out, ignore_errors=True)
         extra = args.extra.split()
-        first_s, first_mb, _ = run_cli(corpus, out, extra)
-        again_s, again_mb, report = run_cli(corpus, out, extra)
+        first_s, first_mb, _ = run_cli(corpus, out, extra, args.cli)
+        again_s, again_mb, report = run_cli(corpus, out, extra, args.cli)
         calls = report["calls"]["calls"]
         lines.append(
             f"{n:>10} {first_s:>8.1f} {first_mb:>9.0f} {again_s:>9.1f} {again_mb:>10.0f}"
@@ -182,6 +183,11 @@ def main() -> None:
     ap.add_argument("--workdir", default=os.path.join(ROOT, "out", "bench-index"))
     ap.add_argument("--extra", default="", help="more CLI flags for part 2, space separated")
     ap.add_argument("--keep", action="store_true", help="keep the outputs of part 2")
+    ap.add_argument(
+        "--cli",
+        default=os.path.join(os.path.dirname(sys.executable), "oci-genai-batch"),
+        help="the command part 2 runs (another checkout's, to compare before and after)",
+    )
     ap.add_argument("--skip-startup", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
