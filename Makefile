@@ -95,6 +95,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_cpu.py
 	$(BIN)/python bench/bench_pipe.py
 	$(BIN)/python bench/bench_celery.py
+	$(BIN)/python bench/bench_compact.py
 	$(BIN)/python bench/bench_airflow_demo.py
 	$(BIN)/python bench/bench_documents.py
 	$(BIN)/python bench/bench_objectstore.py

@@ -9,7 +9,11 @@ Tasks:
   keys), else the environment; mints the run id and writes the plan into the output.
 - `run_shard` (mapped, pool `oci_genai`): one shard, skipping committed documents; a
   retry resumes from its checkpoint.
+- `deletions`: documents that left the source since the last complete run go to
+  `OUTPUT/deletions/` (from the ids the shards read; never from a partial listing).
 - `commit`: writes `OUTPUT/report.json`; emits an Asset event for the output URI.
+- `compact`: rewrites the datasets to the current rows: the newest version of each
+  document, nothing of deleted ones, failures only while outstanding.
 
 Configure without editing code:
 - schedule: env `OCI_GENAI_NIGHTLY_SCHEDULE` (a cron expression or preset; default `@daily`);
@@ -33,7 +37,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag
 
-from oci_genai_provider.dagtasks import commit, plan, run_shard
+from oci_genai_provider.dagtasks import commit, compact, deletions, plan, run_shard
 
 SCHEDULE = os.environ.get("OCI_GENAI_NIGHTLY_SCHEDULE", "@daily")
 # environment defaults, read at parse time (no I/O); the Variable wins at run time
@@ -64,7 +68,9 @@ DEFAULTS = {
 def oci_genai_nightly() -> None:
     refs: Any = plan(variable="oci_genai_nightly", defaults=DEFAULTS)
     shards = run_shard.partial(config=refs["config"]).expand(shard=refs)
-    shards >> commit(refs["config"])
+    recorded = deletions(refs["config"])
+    committed = commit(refs["config"])
+    shards >> recorded >> committed >> compact(refs["config"])
 
 
 oci_genai_nightly()

@@ -217,10 +217,54 @@ def commit(config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _core_call(config: dict[str, Any], fn: Any) -> dict[str, Any]:
+    context = get_current_context()
+    conn_id = dict(context["params"]).get("conn_id")
+    with (
+        fail_fast_on_permanent_errors(),
+        connection_settings(
+            conn_id, config.get("backend"), key_only=True, uris=_uris(config)
+        ) as overrides,
+    ):
+        result: dict[str, Any] = fn(config, overrides=overrides)
+        return result
+
+
+@task(retries=2, retry_delay=RETRY_DELAY, trigger_rule="none_failed")
+def deletions(config: dict[str, Any]) -> dict[str, Any]:
+    """Record the documents that left the source since the last complete run in
+    ``OUTPUT/deletions/``. Runs once every shard succeeded; skipped after a dry run."""
+    if config.get("dry_run"):
+        raise AirflowSkipException("dry run: nothing to record")
+    result = _core_call(config, core.deletions_job)
+    log.info("deletions: %s", result)
+    return result
+
+
+@task(retries=2, retry_delay=RETRY_DELAY)
+def compact(config: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite the output to its current rows (newest version per document, nothing of
+    deleted ones, only outstanding failures). A retry finishes what a killed try left."""
+    if config.get("dry_run"):
+        raise AirflowSkipException("dry run: nothing to compact")
+    result = _core_call(config, core.compact_job)
+    log.info(
+        "compacted: %d -> %d parts, embeddings %s -> %s rows, %d deleted document(s) dropped",
+        result["records_before"],
+        result["records_after"],
+        result["rows_before"].get("embeddings", 0),
+        result["rows_after"].get("embeddings", 0),
+        result["deleted_documents"],
+    )
+    return result
+
+
 __all__ = [
     "OUTPUT_ALIAS",
     "commit",
+    "compact",
     "connection_settings",
+    "deletions",
     "fail_fast_on_permanent_errors",
     "job_conf",
     "output_uri",

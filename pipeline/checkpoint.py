@@ -132,12 +132,9 @@ class Checkpoint:
         check_shard_writer(self.store, shard)
         # records the compacted index holds were published when they were folded in: only
         # the others can need a roll-forward, and only theirs are read
-        manifest = _index.latest_manifest(self.store)
+        manifest, todo = _index.unfolded(self.store, shard)
         seqs = _index.commit_names(self.store, shard).get(shard, [])
-        records = [
-            CommitRecord.from_json(self.store.read_json(rel))
-            for rel in _index.unfolded(self.store, manifest, shard)
-        ]
+        records = [CommitRecord.from_json(self.store.read_json(rel)) for rel in todo]
         folded = set(manifest.folded.seqs(shard)) if manifest else set()
         committed = {f"{dataset}/{part_name(shard, seq)}" for seq in folded for dataset in DATASETS}
         for rec in records:

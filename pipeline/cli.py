@@ -1,6 +1,11 @@
 """The ``oci-genai-batch`` command.
 
     oci-genai-batch run --source URI --output URI [--backend local|oci|hash] [...]
+    oci-genai-batch compact --output URI [--part-rows N]
+
+``compact`` exits 0 when done, 2 when the output is held by a live run (or bad settings),
+74 on an output I/O error, 130 / 143 when interrupted (run it again: it finishes first
+what the interrupted one left).
 
 Exit status of ``run`` (what a scheduler may rely on; the README has the same table):
 
@@ -154,6 +159,56 @@ def _emulator_parser(sub: Any) -> None:
     p.add_argument("--context-tokens", type=int, help="every model's context (0: per model)")
     p.add_argument("--seed", type=int)
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _compact_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "compact",
+        help="rewrite an output's datasets to the current rows only (newest version of each"
+        " document, nothing of deleted ones, only outstanding failures)",
+    )
+    p.add_argument("--output", required=True, help="path or URI of the output to compact")
+    p.add_argument("--part-rows", type=int, help="rows per rewritten part (100000)")
+    p.add_argument("--oci-config")
+    p.add_argument("--oci-profile")
+    p.add_argument("--auth", choices=AUTH_MODES)
+    p.add_argument("--os-endpoint")
+    p.add_argument("--region")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from pipeline import storage
+    from pipeline.compact import DEFAULT_PART_ROWS, compact
+
+    flags = {
+        k: getattr(args, k)
+        for k in ("oci_config", "oci_profile", "auth", "os_endpoint", "region")
+        if getattr(args, k) is not None
+    }
+    # storage settings as a run would have them (the source is not read)
+    config = JobConfig.from_mapping(
+        {"source": args.output, "output": args.output, **flags}, origin="command line"
+    )
+    storage.configure(config)
+    part_rows = args.part_rows or DEFAULT_PART_ROWS
+    if part_rows < 1:
+        raise errors.ConfigError(f"--part-rows: must be at least 1, got {part_rows}")
+    try:
+        report = compact(config.output, part_rows=part_rows)
+    except OSError as exc:
+        raise StorageError(f"output {config.output}: {_io_message(exc)}") from exc
+    before, after = report.rows_before, report.rows_after
+    print(
+        f"compacted {config.output}: {report.records_before} -> {report.records_after} parts"
+        f" ({report.rewritten} rewritten, {report.superseded} removed);"
+        + "".join(
+            f" {name} {before.get(name, 0)} -> {after.get(name, 0)} rows;"
+            for name in ("embeddings", "summaries", "failures")
+        )
+        + f" {report.deleted_documents} deleted document(s) dropped; {report.seconds:.1f} s"
+    )
+    return EXIT_OK
 
 
 def _config_from_args(args: argparse.Namespace) -> JobConfig:
@@ -369,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _emulator_parser(sub)
+    _compact_parser(sub)
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(
@@ -383,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             _Signals.install()
             return _cmd_run(args)
+        if args.command == "compact":
+            _Signals.install()
+            return _cmd_compact(args)
         if args.command == "emulator" and args.write_dev_config:
             from pipeline.genai.emulator.devconfig import write_dev_config
 

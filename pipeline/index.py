@@ -39,7 +39,10 @@ written before the index existed are all "not folded": they are read as before, 
 next compaction folds them. Compaction runs at the run's commit step
 (``runner.commit``; the Airflow commit task), after every shard of the run is done.
 It also publishes each record's files (idempotent), so a folded record never needs its
-roll-forward again and ``Checkpoint.recover`` reads only unfolded ones.
+roll-forward again and ``Checkpoint.recover`` reads only unfolded ones. Dataset
+compaction (``pipeline.compact``) deletes superseded records: a manifest one of whose
+folded records is gone is stale (see :func:`unfolded`), readers then read every record,
+and the next compaction rebuilds the index from them.
 
 The lookup (:class:`Index`) is an SQLite file in a temporary directory, one table per
 role (embed, embed under the pre-sections fingerprint, summary), keyed by ``key``: the
@@ -211,15 +214,35 @@ def commit_names(store: OutputStore, shard: str | None = None) -> dict[str, list
     return out
 
 
-def unfolded(store: OutputStore, manifest: Manifest | None, shard: str | None = None) -> list[str]:
-    """Paths of the commit records ``manifest`` does not hold, in (shard, seq) order."""
+def unfolded(store: OutputStore, shard: str | None = None) -> tuple[Manifest | None, list[str]]:
+    """The newest manifest, if it still holds, and the paths of the commit records it does
+    not hold, in (shard, seq) order (of ``shard`` only, when given).
+
+    A manifest no longer holds when a record it folded is gone: dataset compaction
+    (``pipeline.compact``) deletes superseded records, and the entries they carried (a
+    deleted document, a superseded text or fingerprint) must stop counting as done. Then
+    the manifest is ignored (None) and every record is read, as before the index; the
+    next compaction builds the index again from the records."""
+    manifest = latest_manifest(store)
+    names = commit_names(store, shard)
+    if manifest is not None:
+        shards = [shard] if shard is not None else list(manifest.folded.ranges)
+        for s in shards:
+            present = set(names.get(s, ()))
+            if any(q not in present for q in manifest.folded.seqs(s)):
+                log.info(
+                    "index generation %d folds commit records of shard %s that are gone;"
+                    " reading the records instead",
+                    manifest.generation,
+                    s,
+                )
+                manifest = None
+                break
     folded = manifest.folded if manifest else Folded()
-    return [
-        record_path(s, q)
-        for s, seqs in sorted(commit_names(store, shard).items())
-        for q in seqs
-        if (s, q) not in folded
+    paths = [
+        record_path(s, q) for s, seqs in sorted(names.items()) for q in seqs if (s, q) not in folded
     ]
+    return manifest, paths
 
 
 def _rows(record: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
@@ -400,7 +423,7 @@ def load_index(
     for attempt in range(attempts):
         index = Index()
         try:
-            manifest = latest_manifest(store)
+            manifest, todo = unfolded(store)
             if manifest is not None:
                 for role, table in roles.items():
                     parts = manifest.tables.get(table, {}).get("parts", {}) if table else {}
@@ -411,7 +434,7 @@ def load_index(
                                 store, parts[p]["path"], ["key", "chash", "state", "rank"]
                             ),
                         )
-            for rel in unfolded(store, manifest):
+            for rel in todo:
                 record = store.read_json(rel)
                 rank = rank_of(record["committed_at"])
                 rows: dict[str, list[tuple[int, int, int, int]]] = {}
@@ -522,11 +545,11 @@ def compact(store: OutputStore) -> Compaction | None:
 
     Returns None when there was nothing to fold, or another compaction created the same
     generation first (its files are removed; the records stay for the next one)."""
-    manifest = latest_manifest(store)
-    todo = unfolded(store, manifest)
+    newest = latest_manifest(store)
+    manifest, todo = unfolded(store)  # None when stale: everything is folded afresh
     if not todo:
         return None
-    generation = (manifest.generation if manifest else 0) + 1
+    generation = (newest.generation if newest else 0) + 1
     folded = Folded(
         {s: [list(r) for r in rs] for s, rs in (manifest.folded.ranges if manifest else {}).items()}
     )

@@ -16,10 +16,12 @@ from typing import Any
 
 import orjson
 
-from pipeline import storage
+from pipeline import deletions, storage
 from pipeline.checkpoint import Checkpoint
 from pipeline.chunking import ChunkSettings
+from pipeline.compact import finish_pending
 from pipeline.config import JobConfig
+from pipeline.deletions import summary_path as deletions_summary_path
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.genai import make_backend
 from pipeline.genai.base import Backend
@@ -233,6 +235,8 @@ def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, 
     )
     data = report.to_json()
     store = OutputStore(config.output)
+    if store.exists(deletions_summary_path(config.run_id)):
+        data["deletions"] = store.read_json(deletions_summary_path(config.run_id))
     store.write_json("report.json", data)
     started = time.monotonic()
     try:
@@ -251,6 +255,13 @@ def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, 
                 time.monotonic() - started,
             )
     return data
+
+
+def record_deletions(config: JobConfig, shard_ids: list[str]) -> dict[str, Any]:
+    """Record the documents that left the source since the last complete run (see
+    :mod:`pipeline.deletions`); the caller holds (or has joined) the run lease."""
+    storage.configure(config)
+    return deletions.record_deletions(OutputStore(config.output), config, shard_ids)
 
 
 def dry_run(config: JobConfig) -> dict[str, Any]:
@@ -322,10 +333,13 @@ def run(
     a second run on the same output is refused with LockedError naming this one."""
     started = time.monotonic()
     specs = prepare(config)
-    with run_lease(OutputStore(config.output), config.run_id):
+    store = OutputStore(config.output)
+    with run_lease(store, config.run_id):
+        finish_pending(store)  # a compaction killed mid-way: finish it before writing
         if on_plan:
             on_plan(specs)
         reports = asyncio.run(_run_shards(specs, config, on_progress))
+        record_deletions(config, [s.shard_id for s in specs])
         report = commit(config, reports)
     return RunResult(report, reports, time.monotonic() - started)
 
@@ -351,6 +365,7 @@ __all__ = [
     "dry_run",
     "plan",
     "prepare",
+    "record_deletions",
     "run",
     "run_shard",
 ]

@@ -35,6 +35,7 @@ from pipeline.errors import (
     PipelineError,
     SourceError,
 )
+from pipeline.lease import RunLease
 from pipeline.progress import ProgressFile, tee
 from pipeline.sinks import OutputStore
 
@@ -286,10 +287,43 @@ def commit_job(
     }
 
 
+def deletions_job(
+    config_json: Mapping[str, Any] | str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Record the documents that left the source since the last complete run, from the
+    ids the run's shards read (see :mod:`pipeline.deletions`). Joins the run's lease, so
+    no compaction runs meanwhile. Returns ``{"status", "deleted", ...}``."""
+    config = _config(config_json, overrides)
+    if config.dry_run:
+        return {"status": "skipped", "reason": "dry run", "deleted": 0}
+    store = OutputStore(config.output)
+    plan = store.read_json(plan_path(config.run_id))
+    shard_ids = [spec["shard_id"] for spec in plan["shards"]]
+    with RunLease(store, config.run_id).join():
+        return runner.record_deletions(config, shard_ids)
+
+
+def compact_job(
+    config_json: Mapping[str, Any] | str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compact the output to its current rows (``pipeline.compact``), holding its run
+    lease; returns the compaction's report."""
+    from pipeline.compact import compact
+
+    config = _config(config_json, overrides)
+    return compact(config.output).to_json()
+
+
 __all__ = [
     "ProgressLog",
     "ShardIncompleteError",
     "commit_job",
+    "compact_job",
+    "deletions_job",
     "is_permanent",
     "load_spec",
     "plan_job",

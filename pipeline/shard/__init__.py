@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.checkpoint import Checkpoint, fingerprint_id
 from pipeline.chunking import ChunkSettings
 from pipeline.config import JobConfig
+from pipeline.deletions import Seen, write_seen
 from pipeline.execute import Caller
 from pipeline.fingerprint import fingerprints, plain_embed_fingerprint, summary_settings
 from pipeline.genai.base import Backend
@@ -141,7 +142,10 @@ async def run_shard_stages(
         if on_progress and docs:
             on_progress(docs, report.counts.get("chunks_embedded", 0))
 
+    seen = Seen()  # every id read, for deletions (pipeline.deletions)
+
     def skipped(batch: SourceBatch) -> Admitted:
+        seen.add(batch)
         admitted = skip(
             batch, index, summaries=summary_fp_id is not None, retry_failed=config.retry_failed
         )
@@ -232,6 +236,7 @@ async def run_shard_stages(
         raise _first_error(eg) from None
     finally:
         index.close()  # its lookup file
+    await asyncio.to_thread(write_seen, store, config.run_id, shard_id, seen)
     report.add("chunks_sent", packer.sent)
     report.add("chunks_deduplicated", packer.chunks - packer.sent)
     report.calls.merge(caller.stats)

@@ -20,10 +20,18 @@ def test_both_dags_import_cleanly(dagbag) -> None:
     assert {"oci_genai_backfill", "oci_genai_nightly"} <= set(dagbag.dag_ids)
     for dag_id in ("oci_genai_backfill", "oci_genai_nightly"):
         dag = dagbag.get_dag(dag_id)
-        assert set(dag.task_dict) == {"plan", "run_shard", "commit"}
         assert dag.task_dict["run_shard"].pool == "oci_genai"
         assert dag.doc_md and "run_shard" in dag.doc_md
-        assert dag.task_dict["run_shard"].downstream_task_ids == {"commit"}
+    backfill = dagbag.get_dag("oci_genai_backfill")
+    assert set(backfill.task_dict) == {"plan", "run_shard", "commit"}
+    assert backfill.task_dict["run_shard"].downstream_task_ids == {"commit"}
+    # the nightly records deletions once every shard is done, and compacts last
+    nightly = dagbag.get_dag("oci_genai_nightly")
+    assert set(nightly.task_dict) == {"plan", "run_shard", "deletions", "commit", "compact"}
+    assert nightly.task_dict["run_shard"].downstream_task_ids == {"deletions"}
+    assert nightly.task_dict["deletions"].downstream_task_ids == {"commit"}
+    assert nightly.task_dict["commit"].downstream_task_ids == {"compact"}
+    assert nightly.task_dict["compact"].downstream_task_ids == set()
 
 
 def test_backfill_params_are_jobconfig_settings(dagbag) -> None:
@@ -153,6 +161,54 @@ def test_nightly_takes_its_settings_from_a_variable_and_is_incremental(
     counts = json.loads((out / "report.json").read_text())["counts"]
     assert counts["documents_skipped"] == 60
     assert counts.get("chunks_sent", 0) == 0
+
+
+def test_nightly_records_deletions_and_compacts_last(dagbag, tmp_path, monkeypatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from airflow.utils.state import DagRunState
+
+    src, out = tmp_path / "src.parquet", tmp_path / "nightly"
+    docs = {f"d{i}": f"Document {i}: " + " ".join(f"w{i}-{k}" for k in range(30)) for i in range(8)}
+
+    def write() -> None:
+        rows = [{"doc_id": k, "text": v} for k, v in sorted(docs.items())]
+        pq.write_table(pa.Table.from_pylist(rows), src)
+
+    write()
+    settings = {"source": str(src), "output": str(out), "backend": "hash", "shards": 2}
+    monkeypatch.setenv("AIRFLOW_VAR_OCI_GENAI_NIGHTLY", json.dumps(settings))
+    dag = dagbag.get_dag("oci_genai_nightly")
+    first = dag.test()
+    assert first.state == DagRunState.SUCCESS
+    tis = task_instances(first)
+    assert tis[("deletions", -1)] == ("success", 1)
+    assert tis[("compact", -1)] == ("success", 1)
+    docs["d1"] = "Document 1, rewritten: " + " ".join(f"v{k}" for k in range(30))
+    del docs["d2"]
+    write()
+    second = dag.test()
+    assert second.state == DagRunState.SUCCESS
+    report = json.loads((out / "report.json").read_text())
+    assert report["deletions"]["deleted"] == 1
+    gone = pq.read_table(out / "deletions").column("doc_id").to_pylist()
+    assert gone == ["d2"]
+    # compacted: the current documents only, each with its current text's rows only
+    table = ds.dataset(out / "embeddings", format="parquet").to_table(
+        columns=["doc_id", "content_hash"]
+    )
+    from pipeline.models import content_hash
+
+    ids, hashes = table.column("doc_id").to_pylist(), table.column("content_hash").to_pylist()
+    pairs = set(zip(ids, hashes, strict=True))
+    assert pairs == {(k, content_hash(v)) for k, v in docs.items()}
+    compacted = json.loads((out / "_state" / "compact.json").read_text())
+    assert compacted["deleted_documents"] == 1
+    third = dag.test()  # nothing changed: nothing sent, nothing to compact
+    assert third.state == DagRunState.SUCCESS
+    assert json.loads((out / "report.json").read_text())["counts"].get("chunks_sent", 0) == 0
+    compacted = json.loads((out / "_state" / "compact.json").read_text())
+    assert compacted["rewritten"] == 0 and compacted["superseded"] == 0
 
 
 def test_a_100_shard_plan_keeps_every_xcom_small(dagbag, tmp_path) -> None:

@@ -196,6 +196,27 @@ def test_plain_fingerprint_and_summaries_keep_their_meaning(tmp_path) -> None:
             assert index.needs_summary("x", "h")  # another prompt: summarized again
 
 
+def test_a_folded_record_deleted_by_dataset_compaction_stops_counting(tmp_path) -> None:
+    """``pipeline.compact`` deletes superseded records (a document deleted from the
+    source, an old text): what they said must not stay "done" in the index."""
+    store = OutputStore(str(tmp_path))
+    ck = Checkpoint(store)
+    ck.commit(_record("s", 0, "2026-01-01T00:00:00", [["gone", "h", OK, None]]))
+    ck.commit(_record("s", 1, "2026-01-02T00:00:00", [["kept", "h", OK, None]]))
+    assert ck.compact_index() is not None
+    with ck.load_index("fp", None) as index:
+        assert not index.needs_embedding("gone", "h")
+    store.delete("_state/commits/s/000000.json")
+    with ck.load_index("fp", None) as index:
+        assert index.needs_embedding("gone", "h")
+        assert not index.needs_embedding("kept", "h")
+    assert ck.recover("s") == (2, [])  # the kept part stays; seq 0 is never reused
+    rebuilt = ck.compact_index()
+    assert rebuilt is not None and rebuilt.generation == 2 and rebuilt.records == 1
+    with ck.load_index("fp", None) as index:
+        assert index.needs_embedding("gone", "h") and not index.needs_embedding("kept", "h")
+
+
 # ---------------------------------------------------------------------- runs
 
 
