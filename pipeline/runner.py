@@ -247,7 +247,7 @@ def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, 
         )
     else:
         if done is not None:
-            log.info(
+            log.debug(
                 "index generation %d: %d commit records, %d entries folded in %.1fs",
                 done.generation,
                 done.records,
