@@ -24,7 +24,12 @@ Records and temporary files of earlier versions (no ``writer``, ``.NAME.tmp``) s
 
 The index maps ``doc_id`` to the content hash last committed for it, per task (embed,
 summary) and model fingerprint: a re-run skips what is already done for the same text and
-the same model, and redoes a document whose text or model changed.
+the same model, and redoes a document whose text or model changed. It is compacted
+(``pipeline.index``): ``compact_index`` folds the commit records into hash-partitioned
+Parquet files under ``_state/index/`` with a manifest naming the records folded in, and
+``load_index`` / ``recover`` read the newest manifest plus only the records it does not
+hold, so start-up does not grow with the number of past runs, and a shard asks a local
+disk-backed lookup instead of holding every document in memory.
 """
 
 from __future__ import annotations
@@ -37,17 +42,15 @@ from typing import Any
 
 import orjson
 
+from pipeline import index as _index
 from pipeline.errors import LockedError
+from pipeline.index import COMMITS, FAILED, OK, Compaction, Index
 from pipeline.lease import active_shard_lease, check_shard_writer
 from pipeline.sinks import OutputStore, final_name, is_temp_name
 
 log = logging.getLogger(__name__)
 
-COMMITS = "_state/commits"
 DATASETS = ("embeddings", "summaries", "failures")
-
-OK = "ok"
-FAILED = "failed"  # permanently failed: skipped by re-runs unless retry_failed
 
 
 def fingerprint_id(fields: dict[str, Any]) -> str:
@@ -93,46 +96,6 @@ class CommitRecord:
         return cls(**data)
 
 
-class Index:
-    """What is committed: doc_id -> (content_hash, state), for embeddings and summaries.
-
-    ``embed_plain`` holds embeddings committed under the fingerprint of the chunker before
-    sections existed: they stand for documents without sections (chunked the same way by
-    both), not for documents with sections."""
-
-    def __init__(self) -> None:
-        self.embed: dict[str, tuple[str, str]] = {}
-        self.embed_plain: dict[str, tuple[str, str]] = {}
-        self.summary: dict[str, tuple[str, str]] = {}
-
-    def __len__(self) -> int:
-        return len(self.embed)
-
-    @staticmethod
-    def _needs(table: dict[str, tuple[str, str]], doc_id: str, chash: str, retry: bool) -> bool:
-        entry = table.get(doc_id)
-        if entry is None or entry[0] != chash:
-            return True
-        return retry and entry[1] == FAILED
-
-    def needs_embedding(
-        self, doc_id: str, chash: str, retry_failed: bool = False, sectioned: bool = False
-    ) -> bool:
-        """Whether ``doc_id`` with this text still needs embedding; ``sectioned``: the
-        document has sections (rows from before sections existed do not stand for it)."""
-        if not self._needs(self.embed, doc_id, chash, retry_failed):
-            return False
-        if sectioned or doc_id not in self.embed_plain:
-            return True
-        entry = self.embed.get(doc_id)
-        if entry is not None and entry[0] == chash:
-            return True  # committed (failed) under the current fingerprint: that decides
-        return self._needs(self.embed_plain, doc_id, chash, retry_failed)
-
-    def needs_summary(self, doc_id: str, chash: str, retry_failed: bool = False) -> bool:
-        return self._needs(self.summary, doc_id, chash, retry_failed)
-
-
 class Checkpoint:
     def __init__(self, store: OutputStore) -> None:
         self.store = store
@@ -152,18 +115,14 @@ class Checkpoint:
         self, embed_fp: str, summary_fp: str | None, plain_embed_fp: str | None = None
     ) -> Index:
         """The index of what is committed under these fingerprints; ``plain_embed_fp`` is
-        the embed fingerprint without the sectioned chunker (see :class:`Index`)."""
-        index = Index()
-        for rec in self.records():
-            for doc_id, chash, e_state, s_state in rec.docs:
-                assert doc_id is not None and chash is not None
-                if e_state and rec.embed_fp == embed_fp:
-                    index.embed[doc_id] = (chash, e_state)
-                elif e_state and plain_embed_fp and rec.embed_fp == plain_embed_fp:
-                    index.embed_plain[doc_id] = (chash, e_state)
-                if s_state and summary_fp and rec.summary_fp == summary_fp:
-                    index.summary[doc_id] = (chash, s_state)
-        return index
+        the embed fingerprint without the sectioned chunker (see :class:`Index`). The
+        caller closes it (it holds a temporary file)."""
+        return _index.load_index(self.store, embed_fp, summary_fp, plain_embed_fp)
+
+    def compact_index(self) -> Compaction | None:
+        """Fold the commit records not yet in the compacted index into it (see
+        ``pipeline.index.compact``); None when there was nothing to fold."""
+        return _index.compact(self.store)
 
     def recover(self, shard: str) -> tuple[int, list[str]]:
         """Finish interrupted commits of ``shard`` and remove what was never committed.
@@ -171,8 +130,13 @@ class Checkpoint:
         Returns (next part sequence number, relative paths removed). Raises LockedError,
         deleting nothing, when another live process holds the shard's lease."""
         check_shard_writer(self.store, shard)
-        records = self.records(shard)
-        committed: set[str] = set()
+        # records the compacted index holds were published when they were folded in: only
+        # the others can need a roll-forward, and only theirs are read
+        manifest, todo = _index.unfolded(self.store, shard)
+        seqs = _index.commit_names(self.store, shard).get(shard, [])
+        records = [CommitRecord.from_json(self.store.read_json(rel)) for rel in todo]
+        folded = set(manifest.folded.seqs(shard)) if manifest else set()
+        committed = {f"{dataset}/{part_name(shard, seq)}" for seq in folded for dataset in DATASETS}
         for rec in records:
             for rel in rec.files.values():
                 # roll forward a commit killed before its renames
@@ -199,7 +163,7 @@ class Checkpoint:
                 self.store.delete(f"{COMMITS}/{shard}/{name}")
         if removed:
             log.info("shard %s: removed %d uncommitted file(s)", shard, len(removed))
-        next_seq = max((r.seq for r in records), default=-1) + 1
+        next_seq = max([*seqs, *folded], default=-1) + 1
         return next_seq, removed
 
     def commit(self, record: CommitRecord) -> None:
@@ -210,7 +174,7 @@ class Checkpoint:
             lease.check()
         if record.writer is None:
             record.writer = self.store.writer
-        rel = f"{COMMITS}/{record.shard}/{record.seq:06d}.json"
+        rel = _index.record_path(record.shard, record.seq)
         try:
             self.store.write_json(rel, record.to_json(), exclusive=True)
         except FileExistsError:
@@ -220,3 +184,16 @@ class Checkpoint:
             ) from None
         for part in record.files.values():
             self.store.publish(part, writer=record.writer)
+
+
+__all__ = [
+    "COMMITS",
+    "DATASETS",
+    "FAILED",
+    "OK",
+    "Checkpoint",
+    "CommitRecord",
+    "Index",
+    "fingerprint_id",
+    "part_name",
+]

@@ -18,6 +18,7 @@ import orjson
 
 from pipeline import deletions, storage
 from pipeline.budget import make_budget
+from pipeline.checkpoint import Checkpoint
 from pipeline.chunking import ChunkSettings
 from pipeline.compact import finish_pending
 from pipeline.config import JobConfig
@@ -235,7 +236,12 @@ async def _run_shard(
 
 
 def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge shard reports into ``OUTPUT/report.json`` and return it."""
+    """Merge shard reports into ``OUTPUT/report.json``, fold the run's commit records into
+    the compacted index (``Checkpoint.compact_index``), and return the report.
+
+    The index is a summary of the commit records, which stay the truth: a compaction that
+    fails is logged and left to the next run's commit (shards meanwhile read the records
+    it did not fold)."""
     storage.configure(config)
     report = RunReport.merge(
         [ShardReport.from_json(r) for r in shard_reports],
@@ -252,6 +258,22 @@ def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, 
     if store.exists(deletions_summary_path(config.run_id)):
         data["deletions"] = store.read_json(deletions_summary_path(config.run_id))
     store.write_json("report.json", data)
+    started = time.monotonic()
+    try:
+        done = Checkpoint(store).compact_index()
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning(
+            "the index was not compacted (%s: %s); the next run retries", type(exc).__name__, exc
+        )
+    else:
+        if done is not None:
+            log.debug(
+                "index generation %d: %d commit records, %d entries folded in %.1fs",
+                done.generation,
+                done.records,
+                done.rows,
+                time.monotonic() - started,
+            )
     return data
 
 

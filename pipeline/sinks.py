@@ -172,6 +172,12 @@ class OutputStore:
         with self.fs.open_output_stream(target) as sink:
             pq.write_table(table, sink, compression="zstd")
 
+    def write_parquet(self, rel: str, table: pa.Table) -> None:
+        """Write ``table`` to ``rel`` whole or not at all (one upload on object storage;
+        locally a temporary name, fsync, rename). For state files that nothing names
+        until a later, exclusive write does (the compacted index)."""
+        self._write_stream(self.path(rel), table)
+
     def stage_parquet(self, rel: str, table: pa.Table, metadata: dict[str, str]) -> int:
         """Write ``table`` so that it can be committed with ``publish``; returns bytes
         written."""
@@ -202,6 +208,17 @@ class OutputStore:
         selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True)
         return sorted(
             posixpath.basename(i.path)
+            for i in self.fs.get_file_info(selector)
+            if i.type == pafs.FileType.File
+        )
+
+    def list_tree(self, rel_dir: str) -> list[str]:
+        """Paths relative to ``rel_dir`` of every file under it, at any depth, sorted; []
+        if it does not exist (one recursive listing: a few requests on object storage)."""
+        base = self.path(rel_dir)
+        selector = pafs.FileSelector(base, allow_not_found=True, recursive=True)
+        return sorted(
+            posixpath.relpath(i.path, base)
             for i in self.fs.get_file_info(selector)
             if i.type == pafs.FileType.File
         )
@@ -240,6 +257,15 @@ class LocalStore(OutputStore):
         with open(self.path(self.temp_name(rel)), "rb+") as fh:
             os.fsync(fh.fileno())
         return size
+
+    def write_parquet(self, rel: str, table: pa.Table) -> None:
+        self._ensure_dir(rel)
+        final = self.path(rel)
+        tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
+        self._write_stream(tmp, table)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
 
     def publish(self, rel: str, *, writer: str | None = None) -> None:
         tmp = self.path(self.temp_name(rel, writer=writer))

@@ -234,6 +234,8 @@ async def run_shard_stages(
             ticker.cancel()
     except BaseExceptionGroup as eg:
         raise _first_error(eg) from None
+    finally:
+        index.close()  # its lookup file
     await asyncio.to_thread(write_seen, store, config.run_id, shard_id, seen)
     report.add("chunks_sent", packer.sent)
     report.add("chunks_deduplicated", packer.chunks - packer.sent)

@@ -1,7 +1,8 @@
 """Skip committed: a source batch in, the documents still due out.
 
 The checkpoint index says, per document, whether its embedding and its summary are
-committed for this text and model; a document due for neither is skipped.
+committed for this text and model; a document due for neither is skipped. The batch's ids
+are looked up at once (``Index.prefetch``): the index is on disk, not in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pipeline.shard.work import Admitted, DocWork
 def skip(batch: SourceBatch, index: Index, *, summaries: bool, retry_failed: bool) -> Admitted:
     docs: list[DocWork] = []
     skipped = 0
+    index.prefetch(d.doc_id for d in batch.documents)
     for d in batch.documents:
         chash = d.content_hash
         embed = index.needs_embedding(d.doc_id, chash, retry_failed, bool(d.sections))

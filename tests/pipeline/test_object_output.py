@@ -270,6 +270,27 @@ def test_run_to_a_bucket_every_document_exactly_once(
     assert _ids(bucket, "out") == _all_once()
 
 
+def test_the_index_is_compacted_into_the_bucket(tmp_path, bucket: Bucket) -> None:
+    """The run's commit folds its records into ``_state/index/`` through the store (a
+    manifest created only if absent, Parquet files named ``.idx``); the next run finds
+    its work there and sends only the changed document."""
+    docs = _docs()
+    src = write_corpus(str(tmp_path / "docs.parquet"), docs)
+    out = bucket.uri("out")
+    config = _config(src, out, bucket).replace(shards=2)
+    _run(config, Counting())
+    keys = bucket.keys("out/_state/index/")
+    assert "out/_state/index/manifests/00000001.json" in keys
+    assert any(k.endswith(".idx") for k in keys)
+    docs[7]["text"] += " Changed."
+    write_corpus(src, docs)
+    again = Counting()
+    _run(config.replace(run_id="r2", shards=3), again)
+    assert again.inputs == ["Document 7 is short. Changed."]
+    assert "out/_state/index/manifests/00000002.json" in bucket.keys("out/_state/index/")
+    assert _ids(bucket, "out")["d00007"] == 2  # the earlier version's row stays
+
+
 def test_on_s3_the_commit_point_is_a_conditional_put_and_parts_move_by_copy(
     tmp_path, s3: S3
 ) -> None:
