@@ -51,7 +51,7 @@ EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
 
 # New objects between the GC's young collections in a run (Python's default: 700)
-_GC_YOUNG = 20_000
+_GC_YOUNG = 2_000
 
 # Libraries that log one line per HTTP request at INFO: quiet unless -v.
 _CHATTY_LOGGERS = ("httpx", "httpcore", "oci", "urllib3", "pipeline.genai.oci_client")
@@ -381,10 +381,10 @@ def _freeze_start_up(backend: str) -> None:
     it again each time; the backend's modules are imported first, as they are the bulk
     (the oci SDK). Start-up leaves no cyclic garbage (``gc.collect()`` finds none here),
     so freezing keeps nothing alive that would otherwise be freed. A young collection
-    waits for 20,000 new objects instead of 700: a run keeps ~10 objects per document in
-    flight (tens of thousands) and makes almost no cycles, and the default thresholds
-    walked them in ~1,100 collections per 60,000 documents. Together: the GC's share of a
-    60,000-input run's CPU from ~13 % to ~5 % (bench/bench_cpu.py, bench/bench_pipe.py)."""
+    waits for 2,000 new objects instead of 700 (Python 3.12's default): fewer collections
+    walk a run's objects in flight. Higher is cheaper still but costs memory: at 20,000
+    the peak RSS of a 100,000-document first run grew from 436 to 677 MB (bench/
+    bench_index.py), at 2,000 it is 442 MB."""
     if backend == "oci":
         import oci.signer  # noqa: F401
 
