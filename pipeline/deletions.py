@@ -41,8 +41,11 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -81,10 +84,12 @@ def summary_path(run_id: str) -> str:
 # ---------------------------------------------------------------------- id files
 
 
-def write_ids(store: OutputStore, rel: str, ids: pa.Array) -> None:
-    """Write ``ids`` (strings) as an Arrow IPC file (not a reader path: not ``.parquet``):
-    locally a temporary name then a rename, on object storage one upload (atomic)."""
-    table = pa.table({"doc_id": ids.cast(pa.string())}, schema=_IDS_SCHEMA)
+def write_ids(store: OutputStore, rel: str, ids: pa.Array | Iterable[pa.Array]) -> int:
+    """Write ``ids`` (strings, one array or several written one after another) as an
+    Arrow IPC file (not a reader path: not ``.parquet``): locally a temporary name then a
+    rename, on object storage one upload (atomic). Returns how many were written."""
+    count = 0
+    chunks = [ids] if isinstance(ids, pa.Array) else ids
     target = store.path(rel)
     if store.local:
         os.makedirs(posixpath.dirname(target), exist_ok=True)
@@ -92,9 +97,12 @@ def write_ids(store: OutputStore, rel: str, ids: pa.Array) -> None:
     with store.fs.open_output_stream(target) as sink:
         options = ipc.IpcWriteOptions(compression="zstd")
         with ipc.new_file(sink, _IDS_SCHEMA, options=options) as writer:
-            writer.write_table(table)
+            for chunk in chunks:
+                writer.write_table(pa.table({"doc_id": chunk.cast(pa.string())}, _IDS_SCHEMA))
+                count += len(chunk)
     if store.local:
         os.replace(target, store.path(rel))
+    return count
 
 
 def read_ids(store: OutputStore, rel: str) -> pa.Array:
@@ -103,22 +111,95 @@ def read_ids(store: OutputStore, rel: str) -> pa.Array:
     return table.column("doc_id").combine_chunks()
 
 
+def iter_ids(store: OutputStore, rel: str) -> Iterator[pa.Array]:
+    """The ids of an id file one written batch at a time (bounded memory)."""
+    with store.fs.open_input_file(store.path(rel)) as src:
+        reader = ipc.open_file(src)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i).column(0)
+
+
+def _count_ids(store: OutputStore, rel: str) -> int:
+    return sum(len(batch) for batch in iter_ids(store, rel))
+
+
+#: Above this many ids (the run's, with duplicates, plus the snapshot's)
+#: :func:`record_deletions` compares them in a temporary SQLite file, not in memory.
+DELETIONS_IN_MEMORY = 200_000
+
+
+class _DiskIds:
+    """A set of ids in a private temporary SQLite file (removed at :meth:`close`), for
+    :func:`record_deletions` once they are too many to compare in memory."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("")  # "": a temporary database on disk
+        self.db.execute("PRAGMA cache_size = -16000")  # KiB: 16 MB, bounded
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        for table in ("now", "before"):
+            self.db.execute(f"CREATE TABLE {table} (doc_id TEXT PRIMARY KEY) WITHOUT ROWID")
+
+    def add(self, table: str, batches: Iterable[pa.Array]) -> None:
+        with self.db:
+            for batch in batches:
+                rows = ((doc_id,) for doc_id in batch.to_pylist())
+                self.db.executemany(f"INSERT OR IGNORE INTO {table} VALUES (?)", rows)
+
+    def gone(self) -> pa.Array:
+        """The ids in ``before`` and not in ``now``."""
+        rows = self.db.execute("SELECT doc_id FROM before EXCEPT SELECT doc_id FROM now")
+        return pa.array([r[0] for r in rows], pa.string())
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM now").fetchone()[0])
+
+    def now(self, batch_size: int = 100_000) -> Iterator[pa.Array]:
+        """The distinct ids of ``now``, sorted, a batch at a time."""
+        cursor = self.db.execute("SELECT doc_id FROM now ORDER BY doc_id")
+        while rows := cursor.fetchmany(batch_size):
+            yield pa.array([r[0] for r in rows], pa.string())
+
+    def close(self) -> None:
+        self.db.close()
+
+
 def write_seen(store: OutputStore, run_id: str, shard_id: str, seen: Seen) -> None:
     """A finished shard's ids (see the module docstring)."""
     folder = seen_dir(run_id)
-    write_ids(store, f"{folder}/{shard_id}.arrow", pa.array(sorted(seen.ids), pa.string()))
+    try:
+        count = write_ids(store, f"{folder}/{shard_id}.arrow", seen.batches())
+    finally:
+        seen.close()
     store.write_json(
         f"{folder}/{shard_id}.json",
-        {"complete": not seen.unnamed, "unnamed": sorted(seen.unnamed)[:20]},
+        {"complete": not seen.unnamed, "unnamed": sorted(seen.unnamed)[:20], "ids": count},
     )
 
 
-class Seen:
-    """The ids a shard read, and the places of read failures that name no document."""
+#: How many distinct ids :class:`Seen` holds in memory before it writes them, sorted, to
+#: its temporary file (about 12 MB of set at this size).
+SEEN_IN_MEMORY = 100_000
 
-    def __init__(self) -> None:
+
+class Seen:
+    """The ids a shard read, and the places of read failures that name no document.
+
+    Memory does not grow with the shard: once ``in_memory`` distinct ids are held they
+    are appended, sorted, as one batch to a temporary Arrow IPC stream file (unnamed,
+    under ``TMPDIR``, gone at :meth:`close`), and :meth:`batches` gives them back one batch
+    at a time. An id read again after its batch left memory (a duplicate id, whose failure
+    row names it) may then be written twice; :func:`record_deletions` takes the unique ids
+    of all the files. A shard of fewer ids never touches the disk and writes them as one
+    sorted batch without repeats.
+    """
+
+    def __init__(self, in_memory: int | None = None) -> None:
         self.ids: set[str] = set()
         self.unnamed: set[str] = set()
+        self.in_memory = SEEN_IN_MEMORY if in_memory is None else in_memory
+        self._spill: IO[bytes] | None = None
+        self._writer: ipc.RecordBatchStreamWriter | None = None
 
     def add(self, batch: Any) -> None:
         self.ids.update(d.doc_id for d in batch.documents)
@@ -127,6 +208,37 @@ class Seen:
                 self.ids.add(f.doc_id)
             elif f.stage == "read":
                 self.unnamed.add(f.source or "?")
+        if len(self.ids) >= self.in_memory:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._writer is None:
+            # Kept open across calls, closed by close(); unnamed: gone with the process.
+            self._spill = tempfile.TemporaryFile(prefix="seen-ids-")  # noqa: SIM115
+            self._writer = ipc.new_stream(self._spill, _IDS_SCHEMA)
+        self._writer.write_batch(
+            pa.record_batch([pa.array(sorted(self.ids), pa.string())], schema=_IDS_SCHEMA)
+        )
+        self.ids = set()
+
+    def batches(self) -> Iterator[pa.Array]:
+        """Every id read, a batch at a time (each sorted; all of them if none spilled)."""
+        if self._writer is not None and self._spill is not None:
+            self._writer.close()
+            self._writer = None
+            self._spill.seek(0)
+            for batch in ipc.open_stream(self._spill):
+                yield batch.column(0)
+        yield pa.array(sorted(self.ids), pa.string())
+
+    def close(self) -> None:
+        """Remove the temporary file, if any."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
 
 # ---------------------------------------------------------------------- snapshot
@@ -218,7 +330,7 @@ def record_deletions(store: OutputStore, config: JobConfig, shard_ids: list[str]
     if config.modified_since or config.modified_until:
         return _skipped(store, run_id, "skipped", "a modified window reads only part of the source")
     folder = seen_dir(run_id)
-    parts: list[pa.Array] = []
+    metas: list[dict[str, Any]] = []
     for shard in shard_ids:
         meta_rel = f"{folder}/{shard}.json"
         if not store.exists(meta_rel):
@@ -232,10 +344,9 @@ def record_deletions(store: OutputStore, config: JobConfig, shard_ids: list[str]
                 "skipped",
                 f"shard {shard} had read failures that name no document ({where})",
             )
-        parts.append(read_ids(store, f"{folder}/{shard}.arrow"))
-    now_ids = pc.unique(pa.concat_arrays(parts)) if parts else pa.array([], pa.string())
+        metas.append(meta)
+    rels = [f"{folder}/{shard}.arrow" for shard in shard_ids]
     key = listing_key(config)
-    gone = pa.array([], pa.string())
     status = "recorded"
     reason = None
     if state is None:
@@ -243,9 +354,49 @@ def record_deletions(store: OutputStore, config: JobConfig, shard_ids: list[str]
     elif state.get("key") != key:
         status = "baseline"
         reason = f"the listing changed ({state.get('key')} -> {key})"
-    else:
-        before = read_ids(store, state["ids"])
-        gone = before.filter(pc.invert(pc.is_in(before, value_set=now_ids)))
+    before_rel = state["ids"] if state is not None and status == "recorded" else None
+    total = sum(
+        int(meta["ids"]) if "ids" in meta else _count_ids(store, rel)
+        for meta, rel in zip(metas, rels, strict=True)
+    )
+    if before_rel is not None:
+        total += int(state.get("count", 0)) if state is not None else 0
+    on_disk = _DiskIds() if total > DELETIONS_IN_MEMORY else None
+    try:
+        if on_disk is None:
+            parts = [read_ids(store, rel) for rel in rels]
+            now_ids = pc.unique(pa.concat_arrays(parts)) if parts else pa.array([], pa.string())
+            gone = pa.array([], pa.string())
+            if before_rel is not None:
+                before = read_ids(store, before_rel)
+                gone = before.filter(pc.invert(pc.is_in(before, value_set=now_ids)))
+            present = len(now_ids)
+            now_batches: Iterable[pa.Array] = [now_ids]
+        else:
+            for rel in rels:
+                on_disk.add("now", iter_ids(store, rel))
+            if before_rel is not None:
+                on_disk.add("before", iter_ids(store, before_rel))
+            gone = on_disk.gone()
+            present = on_disk.count()
+            now_batches = on_disk.now()
+        return _record(store, run_id, key, status, reason, gone, present, now_batches)
+    finally:
+        if on_disk is not None:
+            on_disk.close()
+
+
+def _record(
+    store: OutputStore,
+    run_id: str,
+    key: dict[str, Any],
+    status: str,
+    reason: str | None,
+    gone: pa.Array,
+    present: int,
+    now_batches: Iterable[pa.Array],
+) -> dict[str, Any]:
+    """Stage the deletion rows, write the run's ids, then commit (see the module docstring)."""
     deletions_rel = None
     if len(gone):
         ids = sorted(gone.to_pylist())
@@ -263,13 +414,13 @@ def record_deletions(store: OutputStore, config: JobConfig, shard_ids: list[str]
         deletions_rel = f"{DELETIONS}/deletions-{run_id}.parquet"
         store.stage_parquet(deletions_rel, table, {"oci_genai_batch.run_id": run_id})
     ids_rel = f"{PRESENCE_DIR}/{run_id}.arrow"
-    write_ids(store, ids_rel, now_ids)
+    write_ids(store, ids_rel, now_batches)
     store.write_json(
         PRESENCE,
         {
             "run_id": run_id,
             "ids": ids_rel,
-            "count": len(now_ids),
+            "count": present,
             "key": key,
             "deletions": deletions_rel,
             "deleted": len(gone),
@@ -278,7 +429,7 @@ def record_deletions(store: OutputStore, config: JobConfig, shard_ids: list[str]
         },
     )  # the commit point
     finish_presence(store)
-    summary: dict[str, Any] = {"status": status, "deleted": len(gone), "present": len(now_ids)}
+    summary: dict[str, Any] = {"status": status, "deleted": len(gone), "present": present}
     if reason:
         summary["reason"] = reason
         log.info("deletions: run %s is a baseline: %s", run_id, reason)

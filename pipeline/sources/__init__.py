@@ -357,8 +357,11 @@ def read_units(
     is a ``DuplicateId`` failure too.
     """
     validator = Validator(options)
-    for unit in units:
-        yield from _read(unit, options, filesystem, validator, duplicates)
+    try:
+        for unit in units:
+            yield from _read(unit, options, filesystem, validator, duplicates)
+    finally:
+        validator.seen.close()  # its temporary file, if the ids outgrew memory
 
 
 def read_source(

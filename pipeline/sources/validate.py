@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -93,26 +94,37 @@ _KINDS = ("", "row", "line", "item")
 _NUMBER_BITS = 40
 
 
+#: How many ids :class:`SeenIds` holds in memory before it moves them to a temporary
+#: SQLite file (about 11 MB of dict at this size).
+SEEN_IDS_IN_MEMORY = 100_000
+
+
 @dataclass
 class SeenIds:
     """The ids already accepted from a source, for duplicate detection, and where each
     was read (to name the winning copy in a duplicate's failure row).
 
-    Stores an 8-byte blake2b digest per id (as an int, the most compact Python form) and
-    its place packed in one int (which path, row / line / item number), not the id nor
-    the place's text: about 110 bytes per document whatever the id length. Two different
-    ids collide with probability about n²/2⁶⁵ (≈3·10⁻⁴ at 10⁸ documents); a collision
-    rejects the later document as a duplicate, which shows in the failures.
+    Stores an 8-byte blake2b digest per id (as an int) and its place packed in one int
+    (which path, row / line / item number), not the id nor the place's text: about 110
+    bytes per document in memory whatever the id length. Memory does not grow with the
+    source: once ``in_memory`` ids are held they move to a private temporary SQLite file
+    (deleted when closed or garbage collected; under ``TMPDIR``), and every later lookup
+    checks both. A source of fewer ids never touches the disk. Two different ids collide
+    with probability about n²/2⁶⁵ (≈3·10⁻⁴ at 10⁸ documents); a collision rejects the
+    later document as a duplicate, which shows in the failures.
     """
 
+    in_memory: int = field(default_factory=lambda: SEEN_IDS_IN_MEMORY)
     _digests: dict[int, int] = field(default_factory=dict)
     _paths: list[str] = field(default_factory=list)
     _path_index: dict[str, int] = field(default_factory=dict)
+    _db: sqlite3.Connection | None = field(default=None, repr=False, compare=False)
+    _spilled: int = 0
 
     @staticmethod
     def _key(doc_id: str) -> int:
         digest = hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8)
-        return int.from_bytes(digest.digest(), "little")
+        return int.from_bytes(digest.digest(), "little", signed=True)  # an SQLite integer
 
     def _pack(self, source: str) -> int:
         path, _, where = source.rpartition("#")
@@ -130,22 +142,58 @@ class SeenIds:
         path = self._paths[index]
         return f"{_KINDS[kind]} {number} of {path}" if kind else path
 
+    def _lookup(self, key: int) -> int | None:
+        packed = self._digests.get(key)
+        if packed is None and self._db is not None:
+            row = self._db.execute("SELECT place FROM ids WHERE key = ?", (key,)).fetchone()
+            packed = None if row is None else int(row[0])
+        return packed
+
+    def _spill(self) -> None:
+        if self._db is None:
+            # "" = a private temporary database on disk, removed when it is closed; the
+            # reader calls from worker threads one at a time, hence check_same_thread.
+            self._db = sqlite3.connect("", check_same_thread=False)
+            self._db.execute("PRAGMA cache_size = -8000")  # KiB: 8 MB, bounded
+            self._db.execute("PRAGMA journal_mode = OFF")
+            self._db.execute("PRAGMA synchronous = OFF")
+            self._db.execute("CREATE TABLE ids (key INTEGER PRIMARY KEY, place INTEGER NOT NULL)")
+        with self._db:
+            self._db.executemany("INSERT INTO ids VALUES (?, ?)", sorted(self._digests.items()))
+        self._spilled += len(self._digests)
+        self._digests = {}
+
     def add(self, doc_id: str, source: str = "") -> bool:
         """Record ``doc_id``, read from ``source`` (``path`` or ``path#row=N``);
         ``False`` when it was already recorded."""
         key = self._key(doc_id)
-        if key in self._digests:
+        if self._lookup(key) is not None:
             return False
         self._digests[key] = self._pack(source)
+        if len(self._digests) >= self.in_memory:
+            self._spill()
         return True
 
     def where(self, doc_id: str) -> str | None:
         """Where ``doc_id`` was first read ("row 3 of data/a.parquet"), if it was."""
-        packed = self._digests.get(self._key(doc_id))
+        packed = self._lookup(self._key(doc_id))
         return None if packed is None else self._unpack(packed)
 
+    @property
+    def on_disk(self) -> bool:
+        """Whether the ids outgrew memory and moved (in part) to the temporary file."""
+        return self._db is not None
+
+    def close(self) -> None:
+        """Remove the temporary file, if any (the set is empty afterwards)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._digests = {}
+        self._spilled = 0
+
     def __len__(self) -> int:
-        return len(self._digests)
+        return self._spilled + len(self._digests)
 
 
 @dataclass

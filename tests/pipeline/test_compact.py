@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -188,6 +189,44 @@ def test_deletions_changed_failed_and_compact_locally(tmp_path: Path) -> None:
     assert [(r["doc_id"], r["run_id"]) for r in _deletions(out)] == [("d02", "r2"), ("d02", "r5")]
     compact(out, part_rows=1000)
     _assert_current(out, docs)
+
+
+def test_a_shard_whose_ids_outgrow_memory_writes_them_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import deletions
+
+    def batch(doc_ids: list[str], failed: list[str | None]) -> SimpleNamespace:
+        return SimpleNamespace(
+            documents=[SimpleNamespace(doc_id=d) for d in doc_ids],
+            failures=[SimpleNamespace(doc_id=d, stage="validate", source="x") for d in failed],
+        )
+
+    seen = deletions.Seen(in_memory=4)
+    seen.add(batch(["d02", "d00", "d01"], []))
+    seen.add(batch(["d03"], []))  # 4 ids: written as one sorted batch
+    seen.add(batch(["d05", "d04"], ["d01", None]))  # d01 again (a duplicate's failure)
+    store = OutputStore(str(tmp_path / "ids"))
+    deletions.write_seen(store, "r", "s0", seen)
+    written = deletions.read_ids(store, f"{deletions.seen_dir('r')}/s0.arrow").to_pylist()
+    assert written == ["d00", "d01", "d02", "d03", "d01", "d04", "d05"]
+    assert store.read_json(f"{deletions.seen_dir('r')}/s0.json")["complete"]
+
+    # a whole run with batches of 3 ids per shard, compared on disk, records the same
+    monkeypatch.setattr(deletions, "SEEN_IN_MEMORY", 3)
+    monkeypatch.setattr(deletions, "DELETIONS_IN_MEMORY", 0)
+    src, out = str(tmp_path / "src.parquet"), str(tmp_path / "out")
+    docs, _ = _scenario(src, out)  # asserts 1 deleted, 19 present
+    assert [(r["doc_id"], r["run_id"]) for r in _deletions(out)] == [("d02", "r2")]
+    out_store = OutputStore(out)
+    present = deletions.current_ids(out_store)
+    assert present is not None and present.to_pylist() == sorted(docs)
+    docs["d02"] = _text(2)  # back, and d05 gone
+    del docs["d05"]
+    _write(src, docs)
+    report = _run(_config(src, out, "r3"))
+    assert report["deletions"] == {"status": "recorded", "deleted": 1, "present": 19}
+    assert [(r["doc_id"], r["run_id"]) for r in _deletions(out)] == [("d02", "r2"), ("d05", "r3")]
 
 
 def test_no_deletions_from_a_partial_listing(tmp_path: Path) -> None:

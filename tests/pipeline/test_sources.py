@@ -558,3 +558,42 @@ def test_file_uri(tmp_path: Path) -> None:
     (unit,) = list_units(src.as_uri(), SourceOptions())
     assert unit.path == str(src)
     assert ids(collect(read_unit(unit, SourceOptions()))[0]) == ["a"]
+
+
+# ------------------------------------------------------- duplicate ids beyond memory
+
+
+def test_seen_ids_moved_to_disk_still_find_every_duplicate() -> None:
+    from pipeline.sources.validate import SeenIds
+
+    seen = SeenIds(in_memory=3)
+    for i in range(10):
+        assert seen.add(f"id-{i}", f"data/a.parquet#row={i}")
+    assert seen.on_disk and len(seen) == 10
+    for i in range(10):  # both the ids on disk and the ones still in memory
+        assert not seen.add(f"id-{i}", "data/b.parquet#row=0")
+        assert seen.where(f"id-{i}") == f"row {i} of data/a.parquet"
+    assert seen.where("id-10") is None and len(seen) == 10
+    seen.close()
+    assert not seen.on_disk and len(seen) == 0
+
+
+def test_duplicate_ids_are_the_same_when_the_ids_outgrow_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.sources import validate
+
+    doc_ids = [f"d{i % 37}" for i in range(100)]  # each id 2 or 3 times, far apart
+    write_parquet(tmp_path / "ds" / "part-0.parquet", {"doc_id": doc_ids[:60], "text": ["x"] * 60})
+    write_parquet(tmp_path / "ds" / "part-1.parquet", {"doc_id": doc_ids[60:], "text": ["y"] * 40})
+    in_memory = read_all(tmp_path / "ds")
+    monkeypatch.setattr(validate, "SEEN_IDS_IN_MEMORY", 5)
+    on_disk = read_all(tmp_path / "ds")
+    assert on_disk == in_memory
+    docs, fails = on_disk
+    assert ids(docs) == [f"d{i}" for i in range(37)]
+    assert len(fails) == 63 and {f.error_class for f in fails} == {"DuplicateId"}
+    assert fails[-1].message == (
+        f"row 39 of {tmp_path / 'ds' / 'part-1.parquet'}: document id 'd25' was already read"
+        f" from row 25 of {tmp_path / 'ds' / 'part-0.parquet'}; the first one is kept"
+    )
