@@ -21,18 +21,16 @@ import argparse
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 
-import orjson
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.bench_pipeline import run_cli  # noqa: E402
 from pipeline import index as idx  # noqa: E402
 from pipeline.checkpoint import Checkpoint  # noqa: E402
 from pipeline.config import JobConfig  # noqa: E402
@@ -116,37 +114,6 @@ def startup(args: argparse.Namespace) -> list[str]:
         lines.append(f"{night:>5} {records:>8} {seconds:>8.2f} {files:>6} {old:>14.2f}")
         print(lines[-1], flush=True)
     return lines
-
-
-def run_cli(corpus: str, output: str, extra: list[str], cli: str) -> tuple[float, float, dict]:
-    cmd = [
-        cli,
-        "run",
-        "--source",
-        corpus,
-        "--output",
-        output,
-        "--backend",
-        "hash",
-        "--no-progress",
-        *extra,
-    ]
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, ps.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed with status {proc.returncode}: {' '.join(cmd)}")
-    with open(os.path.join(output, "report.json"), "rb") as fh:
-        report = orjson.loads(fh.read())
-    return seconds, peak / 2**20, report
 
 
 def memory(args: argparse.Namespace) -> list[str]:

@@ -50,10 +50,22 @@ def make_corpus(path: str, n: int) -> int:
     return chars
 
 
+CLI = os.path.join(os.path.dirname(sys.executable), "oci-genai-batch")
+
+
 def run_once(corpus: str, output: str, extra: list[str]) -> tuple[float, float, dict]:
+    """A run into a fresh ``output``: see :func:`run_cli`."""
     shutil.rmtree(output, ignore_errors=True)
+    return run_cli(corpus, output, extra)
+
+
+def run_cli(
+    corpus: str, output: str, extra: list[str], cli: str = CLI
+) -> tuple[float, float, dict]:
+    """Run ``cli run`` (hash backend) on ``corpus`` into ``output`` as it is, sampling the
+    process's RSS every 50 ms: (seconds, peak RSS in MiB, the run's report)."""
     cmd = [
-        os.path.join(os.path.dirname(sys.executable), "oci-genai-batch"),
+        cli,
         "run",
         "--source",
         corpus,
