@@ -212,12 +212,13 @@ class RedisStore:
         sent = now - rtt
         state = await self.load()
         grown = grow(state)
+        trim = now - self._trimmed_at > 5.0
 
         async def write() -> None:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.zadd(self._k("ok"), {self._member(sent): sent})
                 pipe.pexpire(self._k("ok"), _KEEP_MS)
-                if now - self._trimmed_at > 5.0:
+                if trim:
                     pipe.zremrangebyscore(self._k("ok"), "-inf", now - _HISTORY_S)
                 if grown is not None:
                     # slow start: only the rate moves; a cut by another process wins
@@ -226,7 +227,7 @@ class RedisStore:
                 await pipe.execute()
 
         await self._do(write)
-        if now - self._trimmed_at > 5.0:
+        if trim:
             self._trimmed_at = now
         if grown is not None:
             self._state = grown
