@@ -35,6 +35,8 @@ class _VirtualSelector(selectors.DefaultSelector):
         self._loop_ref = loop_ref
 
     def select(self, timeout: float | None = None) -> list[Any]:
+        # a microsecond passes on every turn, as on a real clock: a limiter that re-checks
+        # "now" after a rounding error must see time move
         self._loop_ref[0].now += (timeout or 0.0) + 1e-6
         return super().select(0)
 

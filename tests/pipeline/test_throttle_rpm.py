@@ -5,37 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import selectors
-from typing import Any
 
 import pytest
 
 from pipeline.throttle import RateBudget
-
-
-class _VirtualSelector(selectors.DefaultSelector):
-    """Waiting for a timer advances the loop's virtual clock instead of sleeping."""
-
-    def __init__(self, loop_ref: list[Any]) -> None:
-        super().__init__()
-        self._loop_ref = loop_ref
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        # a microsecond passes on every turn, as on a real clock: a limiter that re-checks
-        # "now" after a rounding error must see time move
-        self._loop_ref[0].now += (timeout or 0.0) + 1e-6
-        return super().select(0)
-
-
-class _VirtualLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        ref: list[Any] = []
-        super().__init__(_VirtualSelector(ref))
-        ref.append(self)
-        self.now = 1000.0
-
-    def time(self) -> float:
-        return self.now
+from tests.pacing_sim import VirtualLoop
 
 
 def _slot_times(max_rpm: int, requests: int) -> list[float]:
@@ -49,7 +23,7 @@ def _slot_times(max_rpm: int, requests: int) -> list[float]:
                 times.append(loop.time() - start)
         return times
 
-    loop = _VirtualLoop()
+    loop = VirtualLoop()
     try:
         return loop.run_until_complete(go())
     finally:
