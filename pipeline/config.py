@@ -261,6 +261,12 @@ class JobConfig:
         return self.embed_model or _BACKEND_DEFAULTS[self.backend][0]
 
     @property
+    def embed_price(self) -> float | None:
+        """The embedding model's price per million characters: its entry in ``prices``,
+        else ``price_per_million_chars``; None when neither is set."""
+        return (self.prices or {}).get(self.embed_model_id, self.price_per_million_chars)
+
+    @property
     def summary_model_id(self) -> str:
         return self.summary_model or _BACKEND_DEFAULTS[self.backend][1]
 
@@ -357,6 +363,9 @@ class JobConfig:
             key: None if value is None else _coerce(key, value, known[key].type, origin)
             for key, value in data.items()
         }
+        missing = [name for name in ("source", "output") if kwargs.get(name) is None]
+        if missing:
+            raise ConfigError(f"{origin}: required setting(s) missing: {', '.join(missing)}")
         return cls(**kwargs)
 
 

@@ -172,9 +172,7 @@ class Caller:
                     self.stats.input_tokens += tokens
                     self.stats.input_chars += chars
                     self.stats.in_flight += 1
-                    self.stats.peak_in_flight = max(
-                        self.stats.peak_in_flight, self.stats.in_flight
-                    )
+                    self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
                     try:
                         result = await fn()
                     except ThrottledError as exc:

@@ -20,7 +20,6 @@ The duration is the time the requests and tokens take at the configured ``max_rp
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from pipeline.config import JobConfig
 from pipeline.genai import make_backend
 from pipeline.genai.base import Backend
 from pipeline.mapreduce import JOIN, MAX_LEVELS, split_text, upper_bound_tokens
+from pipeline.report import format_money
 
 
 @dataclass
@@ -125,17 +125,6 @@ class Preview:
 
 def _cost(characters: int, price_per_million: float) -> float:
     return characters / 1_000_000 * price_per_million
-
-
-def format_money(amount: float, currency: str = "USD") -> str:
-    """``amount`` as money: two decimals with thousands separators; an amount under one
-    cent keeps two significant digits (``USD 0.0000090``), never an exponent."""
-    if amount < 0:
-        return "-" + format_money(-amount, currency)
-    if amount == 0 or amount >= 0.01:
-        return f"{currency} {amount:,.2f}"
-    digits = -math.floor(math.log10(amount)) + 1
-    return f"{currency} {amount:.{digits}f}"
 
 
 def format_duration(seconds: float) -> str:
@@ -264,7 +253,7 @@ def _price(p: Preview, config: JobConfig) -> None:
     prices = config.prices or {}
     free = config.backend != "oci"
     p.currency = config.currency
-    p.embed_price = prices.get(p.embed_model, config.price_per_million_chars)
+    p.embed_price = config.embed_price
     p.summary_price = prices.get(p.summary_model) if p.summary_model else None
     total: float | None = None
     for model, price, characters, requests in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,17 @@ def estimate_cost(characters: int, price_per_million_chars: float | None) -> flo
     if price_per_million_chars is None:
         return None
     return round(characters / 1_000_000 * price_per_million_chars, 6)
+
+
+def format_money(amount: float, currency: str = "USD") -> str:
+    """``amount`` as money: two decimals with thousands separators; an amount under one
+    cent keeps two significant digits (``USD 0.0000090``), never an exponent."""
+    if amount < 0:
+        return "-" + format_money(-amount, currency)
+    if amount == 0 or amount >= 0.01:
+        return f"{currency} {amount:,.2f}"
+    digits = -math.floor(math.log10(amount)) + 1
+    return f"{currency} {amount:.{digits}f}"
 
 
 def _percentiles(samples: list[float]) -> dict[str, float | None]:
@@ -110,6 +122,7 @@ class RunReport:
         config: dict[str, Any],
         pipeline_version: str,
         price_per_million_chars: float | None,
+        currency: str = "USD",
     ) -> RunReport:
         counts: Counter[str] = Counter()
         failures: Counter[str] = Counter()
@@ -147,7 +160,10 @@ class RunReport:
                 if seconds
                 else None,
             },
+            # the characters embedded at the embedding model's price (per million characters)
             "estimated_cost": estimate_cost(chars, price_per_million_chars),
+            "price_per_million_chars": price_per_million_chars,
+            "currency": currency,
             # JobConfig.public_dict(): settings and file paths; a job config holds no secrets
             "config": config,
         }

@@ -248,10 +248,8 @@ def commit(config: JobConfig, shard_reports: list[dict[str, Any]]) -> dict[str, 
         run_id=config.run_id,
         config=config.public_dict(),
         pipeline_version=PIPELINE_VERSION,
-        # the embedding model's price: the table's (prices), else price_per_million_chars
-        price_per_million_chars=(config.prices or {}).get(
-            config.embed_model_id, config.price_per_million_chars
-        ),
+        price_per_million_chars=config.embed_price,
+        currency=config.currency,
     )
     data = report.to_json()
     store = OutputStore(config.output)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.progress import progress_dir
-from pipeline.report import estimate_cost
+from pipeline.report import estimate_cost, format_money
 from pipeline.sinks import OutputStore
 from pipeline.storage import StorageSettings
 
@@ -210,6 +210,7 @@ def run_view(
     run_id: str,
     *,
     price_per_million_chars: float | None = None,
+    currency: str = "USD",
     max_failure_files: int = 200,
     settings: StorageSettings | None = None,
 ) -> dict[str, Any]:
@@ -217,11 +218,12 @@ def run_view(
 
     Returns ``{"run_id", "output", "state", "outputs", "shards": [per shard], "totals",
     "throughput", "dead_letters": {"count", "top", "rows_read", "complete"}, "cost":
-    {"estimated", "characters", "price_per_million_chars", "source"}, "report"}``.
+    {"estimated", "text", "currency", "characters", "price_per_million_chars", "source"},
+    "report"}``; ``text`` is the estimate as money (``USD 0.42``), None without a price.
     ``state``: ``committed`` (report.json is this run's), ``running`` (progress or shard
     reports but no report), ``planned`` or ``unknown`` (nothing of this run found).
     ``price_per_million_chars`` prices the characters embedded so far when the run's
-    report.json is not there (yet). ``settings`` reach an object store with other
+    report.json is not there (yet), in ``currency``. ``settings`` reach an object store with other
     credentials than this process's (``pipeline.storage.configure``)."""
     store = OutputStore(output_uri, settings=settings)
     plan = _read(store, f"_state/runs/{run_id}/plan.json") or {}
@@ -262,9 +264,12 @@ def run_view(
 
     chars = sum(int(r.get("counts", {}).get("characters_embedded", 0)) for r in reports.values())
     if report is not None:
-        price = report.get("config", {}).get("price_per_million_chars")
+        cfg = report.get("config", {})
+        # reports written before the price and currency were recorded beside the cost
+        price = report.get("price_per_million_chars", cfg.get("price_per_million_chars"))
         cost = {
             "estimated": report.get("estimated_cost"),
+            "currency": report.get("currency", cfg.get("currency", currency)),
             "characters": report.get("counts", {}).get("characters_embedded", chars),
             "price_per_million_chars": price,
             "source": "report",
@@ -272,10 +277,13 @@ def run_view(
     else:
         cost = {
             "estimated": estimate_cost(chars, price_per_million_chars),
+            "currency": currency,
             "characters": chars,
             "price_per_million_chars": price_per_million_chars,
             "source": "shard reports",
         }
+    amount = cost["estimated"]
+    cost["text"] = None if amount is None else format_money(amount, str(cost["currency"]))
 
     if report is not None:
         state = "committed"

@@ -45,6 +45,8 @@ from fastapi.responses import HTMLResponse
 from oci_genai_runs_html import RunCard, page
 from sqlalchemy import select
 
+from pipeline.config import JobConfig
+from pipeline.errors import ConfigError
 from pipeline.runview import run_view
 from pipeline.storage import OCI_SCHEMES, StorageSettings, scheme_of
 
@@ -135,6 +137,18 @@ def _storage_settings(
         yield StorageSettings(**{**fields, **key})
 
 
+def _price(config: dict[str, Any], conf: dict[str, Any]) -> tuple[float | None, str]:
+    """The embedding model's price and the currency, from the job the plan task recorded
+    (the price table's entry for its model, else price_per_million_chars), else as the
+    recorded settings or the DAG run's conf give them."""
+    try:
+        job = JobConfig.from_json(config)
+    except ConfigError:  # no plan yet, or a config this version cannot read
+        price = config.get("price_per_million_chars", conf.get("price_per_million_chars"))
+        return price, str(config.get("currency") or conf.get("currency") or "USD")
+    return job.embed_price, job.currency
+
+
 def _when(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else None
 
@@ -157,7 +171,7 @@ def run_card(session: Any, dr: DagRun) -> RunCard:
         or conf.get("output")
         or _param_default(session, dr.dag_id, "output")
     )
-    price = config.get("price_per_million_chars", conf.get("price_per_million_chars"))
+    price, currency = _price(config, conf)
     card = RunCard(
         dag_id=dr.dag_id,
         dag_run_id=dr.run_id,
@@ -184,7 +198,11 @@ def run_card(session: Any, dr: DagRun) -> RunCard:
     try:
         with _storage_settings(session, dr, config, where) as settings:
             card.view = run_view(
-                where, card.run_id, price_per_million_chars=price, settings=settings
+                where,
+                card.run_id,
+                price_per_million_chars=price,
+                currency=currency,
+                settings=settings,
             )
     except Exception as exc:  # one unreadable output must not take the page down
         log.warning("run view of %s (%s): %s", dr.run_id, where, exc)

@@ -67,7 +67,7 @@ def _n(value: object) -> str:
 def _cost(cost: dict[str, Any]) -> str:
     if cost.get("estimated") is None:
         return "no price set"
-    return f"{cost['estimated']:,.4f}"
+    return _e(cost["text"])
 
 
 def chart(throughput: dict[str, Any], width: int = 560, height: int = 170) -> str:

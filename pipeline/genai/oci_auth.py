@@ -308,9 +308,7 @@ class OciRequestSigner:
     def __repr__(self) -> str:
         return f"OciRequestSigner({type(self._signer).__name__})"
 
-    def sign(
-        self, method: str, url: str, headers: dict[str, str], body: bytes
-    ) -> dict[str, str]:
+    def sign(self, method: str, url: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
         """``headers`` plus the OCI signature headers. ``url`` is ``scheme://host/path``
         with the host as the Host header says and the path byte-for-byte as sent (the
         signed request-target); ``headers`` must hold ``host`` and, for a body,

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from pipeline import runner
 from pipeline.config import JobConfig
 from pipeline.progress import ProgressFile, progress_path, tee, thin
+from pipeline.report import format_money
 from pipeline.runview import known_runs, run_view, throughput
 from pipeline.sinks import OutputStore
 from tests.conftest import CLI
@@ -146,12 +147,37 @@ def test_run_view_of_a_cli_run(tmp_path) -> None:
     assert view["dead_letters"]["top"] == [{"code": "validate:EmptyText", "count": empty}]
     assert view["cost"]["estimated"] == report["estimated_cost"] > 0
     assert view["cost"]["source"] == "report"
+    assert view["cost"]["text"] == format_money(report["estimated_cost"], "USD")
+    assert view["cost"]["price_per_million_chars"] == report["price_per_million_chars"] == 0.5
     assert view["outputs"]["embeddings"] == {"uri": f"{out}/embeddings/", "files": 2}
     assert view["outputs"]["report"]["uri"] == f"{out}/report.json"
     assert known_runs(str(out)) == ["r1"]
     # another run id of the same output: nothing of it, and report.json is not its own
     other = run_view(str(out), "r9")
     assert (other["state"], other["shards"], other["cost"]["estimated"]) == ("unknown", [], None)
+
+
+def test_the_cost_is_priced_from_the_price_table_in_its_currency(tmp_path) -> None:
+    """A run priced with ``--prices`` (the table the dry run uses) and ``--currency``:
+    the report and the view price the embedding model from the table and show money in
+    that currency, the same figure the dry run printed for the same characters."""
+    src = _write_source(tmp_path / "src", [["Tides turn slowly at the estuary. " * 40] * 12])
+    out = tmp_path / "out"
+    model = JobConfig(source=src, output=str(out), backend="hash").embed_model_id
+    cmd = [CLI, "run", "--source", src, "--output", str(out), "--backend", "hash"]
+    cmd += ["--run-id", "r2", "--prices", f"{model}=3.0,other-model=99", "--currency", "EUR"]
+    cmd += ["--price-per-million-chars", "0.01", "--no-summaries"]  # the table's entry wins
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    report = json.loads((out / "report.json").read_text())
+    chars = report["counts"]["characters_embedded"]
+    assert report["price_per_million_chars"] == 3.0 and report["currency"] == "EUR"
+    assert report["estimated_cost"] == round(chars / 1e6 * 3.0, 6) > 0
+    view = run_view(str(out), "r2")
+    assert view["cost"]["text"] == format_money(report["estimated_cost"], "EUR")
+    assert view["cost"]["text"].startswith("EUR 0.")
+    assert "e-" not in view["cost"]["text"]
 
 
 def test_run_view_follows_shards_run_with_progress_files(tmp_path) -> None:
@@ -204,6 +230,8 @@ def test_run_view_follows_shards_run_with_progress_files(tmp_path) -> None:
         chars0 = rep0["counts"]["characters_embedded"]
         assert mid["cost"] == {
             "estimated": round(chars0 / 1e6 * 2.0, 6),
+            "currency": "USD",
+            "text": format_money(round(chars0 / 1e6 * 2.0, 6), "USD"),
             "characters": chars0,
             "price_per_million_chars": 2.0,
             "source": "shard reports",

@@ -74,6 +74,10 @@ def test_job_config_from_json_rejects_unknown_keys_and_bad_values() -> None:
         JobConfig.from_json({**data, "shards": 0})
     with pytest.raises(ConfigError, match="not valid JSON"):
         JobConfig.from_json("{not json")
+    with pytest.raises(ConfigError, match=r"config JSON: required setting\(s\) missing: source$"):
+        JobConfig.from_json({"output": "b"})
+    with pytest.raises(ConfigError, match=r"required setting\(s\) missing: source, output"):
+        JobConfig.from_json({**data, "source": None, "output": None})
 
 
 # --------------------------------------------------------------------------- plan / shard / commit
