@@ -22,41 +22,17 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
-import time
 from datetime import datetime
 from typing import Any
 
 import httpx
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline.genai.emulator.devconfig import write_dev_config  # noqa: E402
-from tests.deploy.stack import celery_stack  # noqa: E402
+from bench.common import celery_deployment, celery_work, print_table, shards_per_worker  # noqa: E402
 
 DAG = "oci_genai_backfill"
-WORDS = ["rivers", "lakes", "hills", "forests", "deserts", "oceans", "valleys", "plains"]
-
-
-def make_corpus(root: str, docs: int, files: int) -> str:
-    os.makedirs(root, exist_ok=True)
-    per = -(-docs // files)
-    for k in range(files):
-        ids = range(k * per, min((k + 1) * per, docs))
-        pq.write_table(
-            pa.table(
-                {
-                    "doc_id": [f"doc-{i:07d}" for i in ids],
-                    "text": [f"Document {i} is about {WORDS[i % 8]} and {WORDS[i // 8 % 8]}."
-                             for i in ids],
-                }
-            ),
-            os.path.join(root, f"part{k}.parquet"),
-        )
-    return root
 
 
 def _epoch(iso: str) -> float:
@@ -77,16 +53,13 @@ def measure(stack: Any, conf: dict[str, Any], docs: int) -> dict[str, Any]:
     first = min(_epoch(t["start_date"]) for t in shards)
     last = max(_epoch(t["end_date"]) for t in shards)
     stats = httpx.get(f"{stack.emulator_url}/_emulator/stats").json()
-    by_worker: dict[str, int] = {}
-    for t in shards:
-        by_worker[t["hostname"]] = by_worker.get(t["hostname"], 0) + 1
     return {
         "seconds": seconds,
         "docs_per_s": docs / seconds,
         "shard_phase_s": last - first,
         "shard_mean_s": sum(t["duration"] for t in shards) / len(shards),
         "requests": stats.get("actions", {}).get("embedText", stats.get("requests")),
-        "by_worker": by_worker,
+        "by_worker": shards_per_worker(shards),
         "load": max(load, os.getloadavg()[0]),
     }
 
@@ -101,29 +74,17 @@ def main() -> None:
     ap.add_argument("--save", action="store_true", help="write bench/results/bench_celery.txt")
     args = ap.parse_args()
 
-    work = tempfile.mkdtemp(prefix="bench-celery-")
-    corpus = make_corpus(os.path.join(work, "corpus"), args.docs, args.shards)
-    oci_config, _ = write_dev_config(os.path.join(work, "oci"))
-    conf = {
-        "source": corpus,
-        "backend": "oci",
-        "shards": args.shards,
-        "summaries": False,
-        "max_in_flight": args.max_in_flight,
-    }
+    work, conf, oci_config = celery_work("bench-celery-", args.docs, args.shards)
+    conf["max_in_flight"] = args.max_in_flight
     rows = []
-    t0 = time.monotonic()
-    with celery_stack(
-        oci_config=oci_config,
-        emulator_args=["--embedder", "hash", "--latency-ms", str(args.latency_ms)],
-        connection={"oci_config": oci_config, "compartment": "ocid1.compartment.oc1..bench"},
+    with celery_deployment(
+        oci_config,
+        DAG,
+        args.concurrency,
+        args.latency_ms,
         pool_slots=args.shards,
         env={"OCI_GENAI_SHARD_RETRIES": "0"},
     ) as stack:
-        stack.start_servers()
-        stack.start_worker("w1", args.concurrency)
-        stack.wait_ready(DAG)
-        print(f"stack up in {time.monotonic() - t0:.1f} s", flush=True)
         for workers in (1, 2):
             if workers == 2:
                 stack.start_worker("w2", args.concurrency)
@@ -135,29 +96,29 @@ def main() -> None:
 
     shutil.rmtree(work, ignore_errors=True)
     one = rows[0][1]["docs_per_s"]
-    lines = [
+    title = (
         f"bench_celery: {args.docs} single-chunk documents, {args.shards} shards, "
         f"emulator hash embedder, {args.latency_ms} ms latency, no rate limit, "
         f"max_in_flight {args.max_in_flight} per shard, {args.concurrency} Celery "
-        f"processes per worker, pool {args.shards} slots; {os.cpu_count()} cores",
-        "",
-        "| workers | run seconds | documents/s | vs 1 worker | shard phase s | mean shard s "
-        "| shards per worker | embed requests | load avg |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"processes per worker, pool {args.shards} slots; {os.cpu_count()} cores"
+    )
+    head = ["workers", "run seconds", "documents/s", "vs 1 worker", "shard phase s"]
+    head += ["mean shard s", "shards per worker", "embed requests", "load avg"]
+    cells = [
+        [
+            f"{workers}",
+            f"{r['seconds']:.1f}",
+            f"{r['docs_per_s']:.0f}",
+            f"{r['docs_per_s'] / one:.2f}x",
+            f"{r['shard_phase_s']:.1f}",
+            f"{r['shard_mean_s']:.1f}",
+            f"{r['by_worker']}",
+            f"{r['requests']}",
+            f"{r['load']:.1f}",
+        ]
+        for workers, r in rows
     ]
-    for workers, r in rows:
-        lines.append(
-            f"| {workers} | {r['seconds']:.1f} | {r['docs_per_s']:.0f} | "
-            f"{r['docs_per_s'] / one:.2f}x | {r['shard_phase_s']:.1f} | "
-            f"{r['shard_mean_s']:.1f} | {r['by_worker']} | {r['requests']} | {r['load']:.1f} |"
-        )
-    text = "\n".join(lines)
-    print(text)
-    if args.save:
-        path = os.path.join(ROOT, "bench", "results", "bench_celery.txt")
-        with open(path, "w") as f:
-            f.write(text + "\n")
-        print(f"saved {path}")
+    print_table(title, head, cells, args.save, "bench_celery.txt")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
-import time
 from typing import Any
 
 import httpx
@@ -35,9 +33,14 @@ import httpx
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.bench_celery import make_corpus  # noqa: E402
-from pipeline.genai.emulator.devconfig import write_dev_config  # noqa: E402
-from tests.deploy.stack import REDIS, celery_stack  # noqa: E402
+from bench.common import (  # noqa: E402
+    celery_deployment,
+    celery_work,
+    print_table,
+    shards_per_worker,
+    watch_limit,
+)
+from tests.deploy.stack import REDIS  # noqa: E402
 
 DAG = "oci_genai_backfill"
 
@@ -47,40 +50,18 @@ def measure(stack: Any, conf: dict[str, Any], rpm: int) -> dict[str, Any]:
     httpx.post(f"{url}/_emulator/reset")
     load = os.getloadavg()[0]
     run_id = stack.trigger(DAG, conf)
-    first = last = None
-    accepted = throttled = 0
-    deadline = time.monotonic() + 1800
     state = "queued"
-    while time.monotonic() < deadline:
-        stats = httpx.get(f"{url}/_emulator/stats").json()
-        now = time.monotonic()
-        seen = sum(stats.get("actions", {}).values())
-        if first is None and stats["requests"] > 0:
-            first = now
-        if seen != accepted:
-            accepted, last = seen, now
-        throttled = stats.get("throttled", 0)
+
+    def finished() -> bool:
+        nonlocal state
         state = stack.run_state(DAG, run_id)
-        if state in ("success", "failed"):
-            break
-        time.sleep(0.1)
+        return state in ("success", "failed")
+
+    result = watch_limit(url, rpm, finished, 0.1, 1800)
     if state != "success":
         raise SystemExit(f"run {run_id} ended {state}")
-    tis = stack.task_instances(DAG, run_id)
-    by_worker: dict[str, int] = {}
-    for t in tis:
-        if t["task_id"] == "run_shard":
-            by_worker[t["hostname"]] = by_worker.get(t["hostname"], 0) + 1
-    seconds = (last - first) if first is not None and last is not None else float("nan")
-    return {
-        "seconds": seconds,
-        "accepted": accepted,
-        "throttled": throttled,
-        "share": accepted / seconds * 60.0 / rpm,
-        "throttled_share": throttled / max(accepted + throttled, 1),
-        "by_worker": by_worker,
-        "load": max(load, os.getloadavg()[0]),
-    }
+    by_worker = shards_per_worker(stack.task_instances(DAG, run_id))
+    return {**result, "by_worker": by_worker, "load": max(load, os.getloadavg()[0])}
 
 
 def main() -> None:
@@ -95,33 +76,19 @@ def main() -> None:
     ap.add_argument("--save", action="store_true", help="write it to bench/results/")
     args = ap.parse_args()
 
-    work = tempfile.mkdtemp(prefix="bench-celery-budget-")
-    corpus = make_corpus(os.path.join(work, "corpus"), args.docs, args.shards)
-    oci_config, _ = write_dev_config(os.path.join(work, "oci"))
-    conf = {
-        "source": corpus,
-        "backend": "oci",
-        "shards": args.shards,
-        "summaries": False,
-        "max_rpm": args.rpm,
-        "max_in_flight": args.max_in_flight,
-    }
+    work, conf, oci_config = celery_work("bench-celery-budget-", args.docs, args.shards)
+    conf.update(max_rpm=args.rpm, max_in_flight=args.max_in_flight)
     rows = []
-    t0 = time.monotonic()
-    with celery_stack(
-        oci_config=oci_config,
-        emulator_args=[
-            "--embedder", "hash", "--latency-ms", str(args.latency_ms), "--rpm", str(args.rpm),
-        ],
-        connection={"oci_config": oci_config, "compartment": "ocid1.compartment.oc1..bench"},
+    with celery_deployment(
+        oci_config,
+        DAG,
+        args.concurrency,
+        args.latency_ms,
+        args.rpm,
         pool_slots=args.pool,
         env={"OCI_GENAI_SHARD_RETRIES": "0", "OCI_GENAI_POOL_SLOTS": str(args.pool)},
     ) as stack:
         shared = f"redis://{REDIS[0]}:{REDIS[1]}/{stack.redis_db}"
-        stack.start_servers()
-        stack.start_worker("w1", args.concurrency)
-        stack.wait_ready(DAG)
-        print(f"stack up in {time.monotonic() - t0:.1f} s", flush=True)
         plan = [
             (1, "shared budget (Redis)", {"redis_url": shared}),
             (1, f"K-share (1/{args.pool} each)", {}),
@@ -138,30 +105,30 @@ def main() -> None:
             print(f"{workers} worker(s), {label}: {result}", flush=True)
 
     shutil.rmtree(work, ignore_errors=True)
-    lines = [
+    title = (
         f"bench_celery_budget: the emulator limits to {args.rpm} requests/min (2 s bucket),"
         f" {args.latency_ms} ms latency; {args.docs} single-chunk documents in {args.shards}"
         f" shards, max_rpm {args.rpm}, max_in_flight {args.max_in_flight} per shard;"
         f" {args.concurrency} Celery processes per worker, pool {args.pool} slots;"
-        f" {os.cpu_count()} cores",
-        "",
-        "| workers | budget | seconds | accepted | 429s | share of the limit | 429 share "
-        "| shards per worker | load avg |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f" {os.cpu_count()} cores"
+    )
+    head = ["workers", "budget", "seconds", "accepted", "429s", "share of the limit"]
+    head += ["429 share", "shards per worker", "load avg"]
+    cells = [
+        [
+            f"{workers}",
+            label,
+            f"{r['seconds']:.1f}",
+            f"{r['accepted']}",
+            f"{r['throttled']}",
+            f"{r['share']:.2f}",
+            f"{100 * r['throttled_share']:.1f} %",
+            f"{r['by_worker']}",
+            f"{r['load']:.1f}",
+        ]
+        for workers, label, r in rows
     ]
-    for workers, label, r in rows:
-        lines.append(
-            f"| {workers} | {label} | {r['seconds']:.1f} | {r['accepted']} | {r['throttled']}"
-            f" | {r['share']:.2f} | {100 * r['throttled_share']:.1f} % | {r['by_worker']}"
-            f" | {r['load']:.1f} |"
-        )
-    text = "\n".join(lines)
-    print(text)
-    if args.save:
-        path = os.path.join(ROOT, "bench", "results", "bench_celery_budget.txt")
-        with open(path, "w") as f:
-            f.write(text + "\n")
-        print(f"saved {path}")
+    print_table(title, head, cells, args.save, "bench_celery_budget.txt")
 
 
 if __name__ == "__main__":

@@ -27,20 +27,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-BIN = os.path.dirname(sys.executable)
-CLI = os.path.join(BIN, "oci-genai-batch")
+from bench.common import CLI, emulator, run_args, work_dir  # noqa: E402
+
 COMPARTMENT = "ocid1.compartment.oc1..benchcpu"
 MODEL = "cohere.embed-v4.0"
 DIM = 1024
@@ -116,23 +113,6 @@ def make_corpus(path: str, n: int) -> None:
     pq.write_table(pa.table({"doc_id": ids, "text": texts}), path)
 
 
-def start_emulator(config: str) -> tuple[subprocess.Popen[str], str]:
-    cmd = [CLI, "emulator", "--port", "0", "--oci-config", config]
-    cmd += ["--embedder", "hash", "--latency-ms", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-        if found:
-            return proc, found.group(1)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit("the emulator did not start")
-
-
 def child_cpu(cmd: list[str]) -> tuple[float, str]:
     """Run ``cmd`` to completion; its user + sys CPU seconds and its stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -157,29 +137,8 @@ def output_rows(out: str) -> int:
 
 
 def pipeline_cmd(corpus: str, out: str, url: str, config: str) -> list[str]:
-    return [
-        "run",
-        "--source",
-        corpus,
-        "--output",
-        out,
-        "--backend",
-        "oci",
-        "--genai-endpoint",
-        url,
-        "--oci-config",
-        config,
-        "--compartment",
-        COMPARTMENT,
-        "--embed-model",
-        MODEL,
-        "--no-summaries",
-        "--output-dimensions",
-        str(DIM),
-        "--max-in-flight",
-        str(IN_FLIGHT),
-        "--no-progress",
-    ]
+    extra = ["--embed-model", MODEL, "--max-in-flight", str(IN_FLIGHT)]
+    return run_args(corpus, out, url, config, *extra, compartment=COMPARTMENT, dimensions=DIM)
 
 
 def profile(args: list[str], path: str) -> str:
@@ -222,17 +181,11 @@ def main() -> None:
         bare_client(*args.bare_client, in_flight=args.bare_in_flight, dim=args.bare_dim)
         return
 
-    from pipeline.genai.emulator.devconfig import write_dev_config
-
-    work = os.path.join(ROOT, "out", "bench-cpu")
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
-    config, _ = write_dev_config(work)
+    work, config = work_dir("bench-cpu", fresh=True)
     corpus = os.path.join(work, "corpus.parquet")
     make_corpus(corpus, args.docs)
-    emu, url = start_emulator(config)
     cpu: dict[str, list[float]] = {"pipeline": [], "bare": []}
-    try:
+    with emulator(config, 0) as (_, url):
         for r in range(args.repeats):
             for name in ("pipeline", "bare"):
                 seen = embedded(url)
@@ -257,9 +210,6 @@ def main() -> None:
         if args.profile:
             out = os.path.join(work, "out-profile")
             prof = profile(pipeline_cmd(corpus, out, url, config), args.profile)
-    finally:
-        emu.send_signal(signal.SIGTERM)
-        emu.wait(timeout=30)
 
     per_k = {k: statistics.median(v) * 1000 / args.docs * 1000 for k, v in cpu.items()}
     lines = [

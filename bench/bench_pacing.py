@@ -29,41 +29,19 @@ import httpx
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.bench_throughput import CLI, make_corpus, start_emulator  # noqa: E402
-from pipeline.genai.emulator.devconfig import write_dev_config  # noqa: E402
+from bench.common import CLI, emulator, make_corpus, run_args, watch_limit, work_dir  # noqa: E402
 
 
 def run_job(url: str, cmd: list[str], rpm: int, timeout_s: float) -> dict[str, float]:
     httpx.post(f"{url}/_emulator/reset")
     client = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = last = None
-    accepted = throttled = 0
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = httpx.get(f"{url}/_emulator/stats").json()
-        now = time.monotonic()
-        seen = sum(stats.get("actions", {}).values())
-        if first is None and stats["requests"] > 0:
-            first = now
-        if seen != accepted:
-            accepted, last = seen, now
-        throttled = stats.get("throttled", 0)
-        if client.poll() is not None or now > deadline:
-            break
-        time.sleep(0.05)
+    result = watch_limit(url, rpm, lambda: client.poll() is not None, 0.05, timeout_s)
     if client.poll() is None:
         client.send_signal(signal.SIGTERM)
     _, err = client.communicate()
     if client.returncode != 0:
         print(f"  the job exited with {client.returncode}: {err.strip()[-300:]}", file=sys.stderr)
-    elapsed = (last - first) if first is not None and last is not None else float("nan")
-    return {
-        "seconds": elapsed,
-        "accepted": accepted,
-        "throttled": throttled,
-        "share": accepted / elapsed * 60.0 / rpm if elapsed else float("nan"),
-        "throttled_share": throttled / max(accepted + throttled, 1),
-    }
+    return result
 
 
 def main() -> None:
@@ -74,44 +52,18 @@ def main() -> None:
     ap.add_argument("--max-in-flight", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
-    work = os.path.join(ROOT, "out", "bench-pacing")
-    os.makedirs(work, exist_ok=True)
-    config, _ = write_dev_config(work)
-    emu, url = start_emulator(config, args.rpm, args.latency_ms)
+    work, config = work_dir("bench-pacing")
     rows = []
-    try:
+    with emulator(config, args.latency_ms, args.rpm) as (_, url):
         for n in (int(x) for x in args.inputs.split(",")):
             corpus = os.path.join(work, f"corpus-{n}.parquet")
             make_corpus(corpus, n)
             for _ in range(args.repeat):
                 out = os.path.join(work, f"out-{n}-{time.time_ns()}")
-                cmd = [
-                    CLI,
-                    "run",
-                    "--source",
-                    corpus,
-                    "--output",
-                    out,
-                    "--backend",
-                    "oci",
-                    "--genai-endpoint",
-                    url,
-                    "--oci-config",
-                    config,
-                    "--compartment",
-                    "ocid1.compartment.oc1..bench",
-                    "--no-summaries",
-                    "--output-dimensions",
-                    "256",
-                    "--no-progress",
-                    "--max-in-flight",
-                    str(args.max_in_flight),
-                ]
+                extra = ["--max-in-flight", str(args.max_in_flight)]
+                cmd = [CLI, *run_args(corpus, out, url, config, *extra)]
                 expected_s = n / 96 / args.rpm * 60
                 rows.append((n, run_job(url, cmd, args.rpm, timeout_s=4 * expected_s + 60)))
-    finally:
-        emu.send_signal(signal.SIGTERM)
-        emu.wait(timeout=30)
     print(
         f"emulator: {args.rpm} requests/min (2 s burst), ~{args.latency_ms} ms latency;"
         f" no --max-rpm (adaptive pacing only), --max-in-flight {args.max_in_flight}"

@@ -23,9 +23,7 @@ import argparse
 import json
 import math
 import os
-import re
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -35,37 +33,7 @@ import httpx
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.bench_throughput import CLI, make_corpus  # noqa: E402
-from pipeline.genai.emulator.devconfig import write_dev_config  # noqa: E402
-
-
-def start_emulator(config: str, latency_ms: int) -> tuple[subprocess.Popen[str], str]:
-    """The emulator in its own process, without a rate limit; (process, base URL)."""
-    proc = subprocess.Popen(
-        [
-            CLI,
-            "emulator",
-            "--port",
-            "0",
-            "--oci-config",
-            config,
-            "--embedder",
-            "hash",
-            "--latency-ms",
-            str(latency_ms),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", proc.stdout.readline())
-        if m:
-            return proc, m.group(1)
-    proc.kill()
-    raise SystemExit("emulator did not start")
+from bench.common import CLI, emulator, make_corpus, run_args, work_dir  # noqa: E402
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -79,28 +47,7 @@ def run_once(
     url: str, config: str, corpus: str, out: str, in_flight: int, emulator_pid: int
 ) -> dict[str, float]:
     httpx.post(f"{url}/_emulator/reset")
-    cmd = [
-        CLI,
-        "run",
-        "--source",
-        corpus,
-        "--output",
-        out,
-        "--backend",
-        "oci",
-        "--genai-endpoint",
-        url,
-        "--oci-config",
-        config,
-        "--compartment",
-        "ocid1.compartment.oc1..bench",
-        "--no-summaries",
-        "--output-dimensions",
-        "256",
-        "--max-in-flight",
-        str(in_flight),
-        "--no-progress",
-    ]
+    cmd = [CLI, *run_args(corpus, out, url, config, "--max-in-flight", str(in_flight))]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     emu_before = _cpu_seconds(emulator_pid)
     started = time.monotonic()
@@ -148,23 +95,17 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=60_000)
     ap.add_argument("--latency-ms", type=int, default=200)
     args = ap.parse_args()
-    work = os.path.join(ROOT, "out", "bench-pipe")
-    os.makedirs(work, exist_ok=True)
-    config, _ = write_dev_config(work)
+    work, config = work_dir("bench-pipe")
     corpus = os.path.join(work, f"corpus-{args.docs}.parquet")
     if not os.path.exists(corpus):
         make_corpus(corpus, args.docs)
-    # no --rpm: an emulator without a rate limit
-    emu, url = start_emulator(config, args.latency_ms)
     rows = []
-    try:
+    # no --rpm: an emulator without a rate limit
+    with emulator(config, args.latency_ms) as (emu, url):
         for in_flight in (64, 8):
             out = os.path.join(work, f"out-{in_flight}-{time.time_ns()}")
             rows.append((in_flight, run_once(url, config, corpus, out, in_flight, emu.pid)))
         bare = run_bare(url, config, corpus, 64, args.docs)
-    finally:
-        emu.send_signal(signal.SIGTERM)
-        emu.wait(timeout=30)
     print(
         f"emulator: ~{args.latency_ms} ms latency, no rate limit, hash embedder; "
         f"{args.docs:,} single-chunk documents, 256-d, --no-summaries; one fresh CLI per row"

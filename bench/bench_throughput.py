@@ -15,70 +15,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 
 import httpx
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline.genai.emulator.devconfig import write_dev_config  # noqa: E402
-
-CLI = os.path.join(os.path.dirname(sys.executable), "oci-genai-batch")
-
-
-def make_corpus(path: str, n: int) -> None:
-    words = [
-        "rivers",
-        "lakes",
-        "hills",
-        "forests",
-        "deserts",
-        "oceans",
-        "valleys",
-        "plains",
-        "islands",
-    ]
-    ids = [f"doc-{i:07d}" for i in range(n)]
-    texts = [f"Document {i} is about {words[i % 9]} and {words[(i // 9) % 9]}." for i in range(n)]
-    pq.write_table(pa.table({"doc_id": ids, "text": texts}), path)
-
-
-def start_emulator(config: str, rpm: int, latency_ms: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            CLI,
-            "emulator",
-            "--port",
-            "0",
-            "--oci-config",
-            config,
-            "--rpm",
-            str(rpm),
-            "--latency-ms",
-            str(latency_ms),
-            "--embedder",
-            "hash",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-        if m:
-            return proc, m.group(1)
-    proc.kill()
-    raise SystemExit("emulator did not start")
+from bench.common import CLI, emulator, make_corpus, run_args, work_dir  # noqa: E402
 
 
 def measure(url: str, cmd: list[str], seconds: float) -> dict[str, float]:
@@ -116,32 +63,11 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=150)
     args = ap.parse_args()
-    work = os.path.join(ROOT, "out", "bench-throughput")
-    os.makedirs(work, exist_ok=True)
-    config, _ = write_dev_config(work)
+    work, config = work_dir("bench-throughput")
     corpus = os.path.join(work, "corpus.parquet")
     n = int(args.rpm * args.seconds / 60 * 96 * 1.3)
     make_corpus(corpus, n)
-    emu, url = start_emulator(config, args.rpm, args.latency_ms)
-    try:
-        base = [
-            CLI,
-            "run",
-            "--source",
-            corpus,
-            "--backend",
-            "oci",
-            "--genai-endpoint",
-            url,
-            "--oci-config",
-            config,
-            "--compartment",
-            "ocid1.compartment.oc1..bench",
-            "--no-summaries",
-            "--output-dimensions",
-            "256",
-            "--no-progress",
-        ]
+    with emulator(config, args.latency_ms, args.rpm) as (_, url):
         modes = [
             (f"--max-rpm {args.rpm} (configured ceiling)", ["--max-rpm", str(args.rpm)]),
             ("adaptive only (no ceiling)", ["--max-in-flight", "16"]),
@@ -150,10 +76,8 @@ def main() -> None:
         rows = []
         for i, (label, extra) in enumerate(modes):
             out = os.path.join(work, f"out-{i}-{time.time_ns()}")
-            rows.append((label, measure(url, [*base, "--output", out, *extra], args.seconds)))
-    finally:
-        emu.send_signal(signal.SIGTERM)
-        emu.wait(timeout=30)
+            cmd = [CLI, *run_args(corpus, out, url, config, *extra)]
+            rows.append((label, measure(url, cmd, args.seconds)))
     print(
         f"emulator: {args.rpm} requests/min, ~{args.latency_ms} ms latency, 96 inputs per "
         f"request; {args.seconds:.0f} s per client"
