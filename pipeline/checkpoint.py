@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,20 +97,33 @@ class CommitRecord:
         return cls(**data)
 
 
+def record_order(rec: CommitRecord) -> tuple[str, str, int]:
+    """The order of commit records, oldest first: committed_at, shard, seq."""
+    return (rec.committed_at, rec.shard, rec.seq)
+
+
 class Checkpoint:
     def __init__(self, store: OutputStore) -> None:
         self.store = store
 
     def records(self, shard: str | None = None) -> list[CommitRecord]:
+        """Every commit record (of ``shard``, or of all shards), oldest first (see
+        :func:`record_order`)."""
+        out = list(self.iter_records(shard))
+        out.sort(key=record_order)
+        return out
+
+    def iter_records(self, shard: str | None = None) -> Iterator[CommitRecord]:
+        """The records of :meth:`records` one at a time, in listing order (shard by shard,
+        by file name), not sorted: for a caller that must not hold every record's
+        ``docs`` at once (sort light copies with :func:`record_order`, which is stable
+        over this order like :meth:`records`)."""
         shards = [shard] if shard else self.store.list_dirs(COMMITS)
-        out: list[CommitRecord] = []
         for s in shards:
             for name in self.store.list_files(f"{COMMITS}/{s}"):
                 if not name.endswith(".json"):
                     continue  # a torn temporary file from a kill: not a commit
-                out.append(CommitRecord.from_json(self.store.read_json(f"{COMMITS}/{s}/{name}")))
-        out.sort(key=lambda r: (r.committed_at, r.shard, r.seq))
-        return out
+                yield CommitRecord.from_json(self.store.read_json(f"{COMMITS}/{s}/{name}"))
 
     def load_index(
         self, embed_fp: str, summary_fp: str | None, plain_embed_fp: str | None = None
@@ -196,4 +210,5 @@ __all__ = [
     "Index",
     "fingerprint_id",
     "part_name",
+    "record_order",
 ]

@@ -46,10 +46,12 @@ for no run (a live run makes it fail with ``LockedError``).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -58,9 +60,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.checkpoint import COMMITS, DATASETS, Checkpoint, CommitRecord
+from pipeline.checkpoint import COMMITS, DATASETS, Checkpoint, CommitRecord, record_order
 from pipeline.config import new_run_id
-from pipeline.deletions import deleted_ids, finish_presence
+from pipeline.deletions import deletion_log_ids, finish_presence, present_ids
 from pipeline.errors import ConfigError
 from pipeline.lease import run_lease
 from pipeline.sinks import OutputStore, final_name
@@ -124,7 +126,7 @@ def _roll_forward(store: OutputStore, manifest: dict[str, Any]) -> None:
 
 def _abandon(store: OutputStore, shard: str) -> None:
     """Remove a generation killed before its commit point: records and their files."""
-    for rec in Checkpoint(store).records(shard):
+    for rec in Checkpoint(store).iter_records(shard):
         for part in rec.files.values():
             store.delete(store.temp_name(part, writer=rec.writer or ""))
             store.delete(part)
@@ -168,50 +170,16 @@ def finish_pending(store: OutputStore) -> int:
 # ---------------------------------------------------------------------- planning
 
 
-@dataclass
-class _Plan:
-    """Per record (by position in ``records``): what of it is current."""
+#: the SQLite page cache of the planning database (KiB, negative: a size, not pages)
+PLAN_CACHE_KIB = 16_000
+_BATCH = 50_000
 
-    records: list[CommitRecord]
-    deleted: set[str]
-    newest_hash: dict[str, str] = field(default_factory=dict)
-    cur: dict[str, dict[str, tuple[int, str]]] = field(
-        default_factory=lambda: {"embed": {}, "summary": {}}
-    )
-    newest_fail: dict[tuple[str, str], int] = field(default_factory=dict)
-    newest_place: dict[str, int] = field(default_factory=dict)
-    fail_keys: dict[int, list[tuple[str | None, str | None, str | None]]] = field(
-        default_factory=dict
-    )
 
-    def entry(self, i: int, doc: str, chash: str, task: str, state: str | None) -> str | None:
-        if not state or doc in self.deleted:
-            return None
-        held = self.cur[task].get(doc)
-        if held is None or held[0] != i or chash != self.newest_hash.get(doc):
-            return None
-        return state
-
-    def kept_docs(self, i: int) -> list[list[str | None]]:
-        out: list[list[str | None]] = []
-        for doc, chash, e, s in self.records[i].docs:
-            assert doc is not None and chash is not None
-            ke = self.entry(i, doc, chash, "embed", e)
-            ks = self.entry(i, doc, chash, "summary", s)
-            if ke or ks:
-                out.append([doc, chash, ke, ks])
-        return out
-
-    def failure_kept(self, i: int, doc: str | None, stage: str | None, place: str | None) -> bool:
-        if doc is None:
-            return self.newest_place.get(place or "") == i
-        if doc in self.deleted:
-            return False
-        task = _task(stage)
-        if self.newest_fail.get((doc, task)) != i:
-            return False
-        settled = self.cur[task].get(doc)
-        return settled is None or settled[0] <= i
+def _batches(
+    rows: Iterator[tuple[Any, ...]], size: int = _BATCH
+) -> Iterator[list[tuple[Any, ...]]]:
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
 
 
 def _failure_keys(store: OutputStore, rel: str) -> list[tuple[str | None, str | None, str | None]]:
@@ -226,26 +194,177 @@ def _failure_keys(store: OutputStore, rel: str) -> list[tuple[str | None, str | 
     )
 
 
-def _plan(store: OutputStore, records: list[CommitRecord], deleted: set[str]) -> _Plan:
-    plan = _Plan(records, deleted)
-    for i, rec in enumerate(records):
-        for doc, chash, e, s in rec.docs:
-            assert doc is not None and chash is not None
-            plan.newest_hash[doc] = chash
-            if e:
-                plan.cur["embed"][doc] = (i, chash)
-            if s:
-                plan.cur["summary"][doc] = (i, chash)
-        rel = rec.files.get("failures")
-        if rel and store.exists(rel):
-            keys = _failure_keys(store, rel)
-            plan.fail_keys[i] = keys
-            for doc, stage, place in keys:
-                if doc is None:
-                    plan.newest_place[place or ""] = i
-                else:
-                    plan.newest_fail[(doc, _task(stage))] = i
-    return plan
+class _Plan:
+    """Per record (by position in ``records``, oldest first): what of it is current.
+
+    The records' entries live in a private temporary SQLite database on disk (removed at
+    :meth:`close`), not in memory: ``entry`` (one row per entry of a record's ``docs``,
+    numbered in record and list order), ``cur`` (per document: its newest content hash,
+    the newest record position holding an embed state for it, the same for its summary,
+    -1 for none, and whether it is deleted) and ``deleted``. Memory is the records'
+    headers (files, counts, fingerprints, no ``docs``), the failure rows' keys and
+    SQLite's bounded page cache."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("", isolation_level=None)  # "": a temporary file on disk
+        for pragma in (
+            f"cache_size = -{PLAN_CACHE_KIB}",
+            "journal_mode = OFF",
+            "synchronous = OFF",
+            "temp_store = FILE",
+        ):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute(
+            "CREATE TABLE entry (id INTEGER PRIMARY KEY, r INTEGER NOT NULL, doc TEXT NOT NULL,"
+            " chash TEXT NOT NULL, e TEXT, s TEXT)"
+        )
+        self.db.execute("CREATE TABLE pos (r INTEGER PRIMARY KEY, pos INTEGER NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE cur (doc TEXT PRIMARY KEY, hk INTEGER NOT NULL, hash TEXT NOT NULL,"
+            " epos INTEGER NOT NULL, spos INTEGER NOT NULL, gone INTEGER NOT NULL DEFAULT 0)"
+            " WITHOUT ROWID"
+        )
+        self.db.execute("CREATE TABLE deleted (doc TEXT PRIMARY KEY) WITHOUT ROWID")
+        self.records: list[CommitRecord] = []  # oldest first, without their docs
+        self.spans: list[tuple[int, int]] = []  # per record: its entries' ids [first, end)
+        self.newest_fail: dict[tuple[str, str], int] = {}
+        self.newest_place: dict[str, int] = {}
+        self.fail_keys: dict[int, list[tuple[str | None, str | None, str | None]]] = {}
+        self._fail_cur: dict[str, tuple[int, int]] = {}
+        self._fail_deleted: set[str] = set()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self, records: Iterable[CommitRecord]) -> None:
+        """Read the records one at a time (in any order): their entries go to ``entry``,
+        their headers stay; then order the headers as ``Checkpoint.records`` does."""
+        loaded: list[tuple[CommitRecord, tuple[int, int]]] = []
+        next_id = 0
+        self.db.execute("BEGIN")
+        for rec in records:
+            first = next_id
+            r = len(loaded)
+            rows = ((first + j, r, d[0], d[1], d[2], d[3]) for j, d in enumerate(rec.docs))
+            for batch in _batches(rows):
+                self.db.executemany("INSERT INTO entry VALUES (?, ?, ?, ?, ?, ?)", batch)
+            next_id += len(rec.docs)
+            rec.docs = []
+            loaded.append((rec, (first, next_id)))
+        order = sorted(range(len(loaded)), key=lambda r: record_order(loaded[r][0]))
+        self.records = [loaded[r][0] for r in order]
+        self.spans = [loaded[r][1] for r in order]
+        self.db.executemany("INSERT INTO pos VALUES (?, ?)", ((r, i) for i, r in enumerate(order)))
+        self.db.execute("COMMIT")
+
+    def compute(self, deletions: Iterable[pa.Array], present: Iterable[pa.Array] | None) -> int:
+        """Each document's current hash and records, and the deleted ids (those of
+        ``deletions`` not in ``present``, as ``deletions.deleted_ids``). Returns how many
+        deleted ids the records hold."""
+        db = self.db
+        db.execute("BEGIN")
+        db.execute(
+            "INSERT INTO cur (doc, hk, hash, epos, spos)"
+            " SELECT x.doc, (p.pos << 32) + x.id, x.chash,"
+            "  CASE WHEN coalesce(x.e, '') != '' THEN p.pos ELSE -1 END,"
+            "  CASE WHEN coalesce(x.s, '') != '' THEN p.pos ELSE -1 END"
+            " FROM entry x JOIN pos p ON p.r = x.r"
+            " WHERE 1"
+            " ON CONFLICT (doc) DO UPDATE SET"
+            "  hash = CASE WHEN excluded.hk > cur.hk THEN excluded.hash ELSE cur.hash END,"
+            "  hk = max(cur.hk, excluded.hk),"
+            "  epos = max(cur.epos, excluded.epos),"
+            "  spos = max(cur.spos, excluded.spos)"
+        )
+        for ids in deletions:
+            db.executemany(
+                "INSERT OR IGNORE INTO deleted VALUES (?)",
+                ((d,) for d in ids.to_pylist() if d is not None),
+            )
+        if present is not None and db.execute("SELECT 1 FROM deleted LIMIT 1").fetchone():
+            for ids in present:
+                db.executemany(
+                    "DELETE FROM deleted WHERE doc = ?",
+                    ((d,) for d in ids.to_pylist() if d is not None),
+                )
+        gone = db.execute("UPDATE cur SET gone = 1 WHERE doc IN (SELECT doc FROM deleted)").rowcount
+        db.execute("COMMIT")
+        return int(gone)
+
+    def load_failures(self, store: OutputStore) -> None:
+        """The failure rows' keys (few), and the current records of the documents they
+        name (looked up for those documents only)."""
+        docs: set[str] = set()
+        for i, rec in enumerate(self.records):
+            rel = rec.files.get("failures")
+            if rel and store.exists(rel):
+                keys = _failure_keys(store, rel)
+                self.fail_keys[i] = keys
+                for doc, stage, place in keys:
+                    if doc is None:
+                        self.newest_place[place or ""] = i
+                    else:
+                        self.newest_fail[(doc, _task(stage))] = i
+                        docs.add(doc)
+        wanted = sorted(docs)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for doc, epos, spos in self.db.execute(
+                f"SELECT doc, epos, spos FROM cur WHERE doc IN ({marks})", chunk
+            ):
+                self._fail_cur[doc] = (int(epos), int(spos))
+            for (doc,) in self.db.execute(f"SELECT doc FROM deleted WHERE doc IN ({marks})", chunk):
+                self._fail_deleted.add(doc)
+
+    # ------------------------------------------------------------------ questions
+
+    _KEPT = (
+        "SELECT x.id, x.doc, x.chash, x.e, x.s,"
+        " (coalesce(x.e, '') != '' AND c.gone = 0 AND c.epos = :pos AND c.hash = x.chash) AS ke,"
+        " (coalesce(x.s, '') != '' AND c.gone = 0 AND c.spos = :pos AND c.hash = x.chash) AS ks"
+        " FROM entry x JOIN cur c ON c.doc = x.doc WHERE x.id >= :first AND x.id < :end"
+    )
+
+    def _args(self, i: int) -> dict[str, int]:
+        first, end = self.spans[i]
+        return {"pos": i, "first": first, "end": end}
+
+    def counts(self, i: int) -> tuple[int, int, int]:
+        """(entries, entries kept, entries kept unchanged) of record ``i``: the record's
+        kept list equals its ``docs`` when the three are equal."""
+        n, kept, same = self.db.execute(
+            "SELECT count(*), coalesce(sum(ke OR ks), 0),"
+            " coalesce(sum((ke OR ks) AND (e IS NULL OR ke) AND (s IS NULL OR ks)), 0)"
+            f" FROM ({self._KEPT})",
+            self._args(i),
+        ).fetchone()
+        return int(n), int(kept), int(same)
+
+    def kept_docs(self, i: int) -> list[list[str | None]]:
+        """Record ``i``'s current entries, in its ``docs`` order, the states no longer
+        current cleared."""
+        return [
+            [doc, chash, e if ke else None, s if ks else None]
+            for doc, chash, e, s, ke, ks in self.db.execute(
+                f"SELECT doc, chash, e, s, ke, ks FROM ({self._KEPT}) WHERE ke OR ks ORDER BY id",
+                self._args(i),
+            )
+        ]
+
+    def failure_kept(self, i: int, doc: str | None, stage: str | None, place: str | None) -> bool:
+        if doc is None:
+            return self.newest_place.get(place or "") == i
+        if doc in self._fail_deleted:
+            return False
+        task = _task(stage)
+        if self.newest_fail.get((doc, task)) != i:
+            return False
+        held = self._fail_cur.get(doc)
+        settled = -1 if held is None else held[0 if task == "embed" else 1]
+        return settled <= i
 
 
 # ---------------------------------------------------------------------- rewriting
@@ -334,6 +453,7 @@ class _Writer:
             writer=self.store.writer,
         )
         self.store.write_json(record_path(rec), rec.to_json(), exclusive=True)
+        rec.docs = []  # written: what is kept of it is its header
         self.written.append(rec)
         self.seq += 1
         buf.tables = defaultdict(list)
@@ -352,10 +472,9 @@ def _filtered(store: OutputStore, rel: str, keep: set[str]) -> pa.Table:
     return table.filter(mask)
 
 
-def _rewrite(
-    store: OutputStore, plan: _Plan, i: int, kept: list[list[str | None]], buf: _Buffer
-) -> None:
+def _rewrite(store: OutputStore, plan: _Plan, i: int, buf: _Buffer) -> None:
     rec = plan.records[i]
+    kept = plan.kept_docs(i)
     embed = {str(d[0]) for d in kept if d[2]}
     summary = {str(d[0]) for d in kept if d[3]}
     for dataset, keep in (("embeddings", embed), ("summaries", summary)):
@@ -413,8 +532,18 @@ def _compact(
 ) -> CompactReport:
     report.recovered = finish_pending(store)
     finish_presence(store)
-    checkpoint = Checkpoint(store)
-    records = checkpoint.records()
+    plan = _Plan()
+    try:
+        return _compact_planned(store, run_id, part_rows, report, plan)
+    finally:
+        plan.close()
+
+
+def _compact_planned(
+    store: OutputStore, run_id: str, part_rows: int, report: CompactReport, plan: _Plan
+) -> CompactReport:
+    plan.load(Checkpoint(store).iter_records())
+    records = plan.records  # headers, oldest first
     _sweep(store, records)
     report.records_before = len(records)
     for rec in records:
@@ -422,22 +551,19 @@ def _compact(
             report.rows_before[dataset] = report.rows_before.get(dataset, 0) + int(
                 rec.counts.get(dataset, 0)
             )
-    deleted = set(deleted_ids(store).to_pylist())
-    plan = _plan(store, records, deleted)
-    report.deleted_documents = sum(1 for d in deleted if d in plan.newest_hash)
+    report.deleted_documents = plan.compute(deletion_log_ids(store), present_ids(store))
+    plan.load_failures(store)
 
     unchanged: list[int] = []
-    rewrite: dict[tuple[str, str | None], list[tuple[int, list[list[str | None]]]]] = defaultdict(
-        list
-    )
+    rewrite: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     superseded: list[int] = []
     small: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for i, rec in enumerate(records):
-        kept = plan.kept_docs(i)
+        entries, kept, same = plan.counts(i)
         keys = plan.fail_keys.get(i, [])
         fails_kept = [plan.failure_kept(i, *k) for k in keys]
         key = (rec.embed_fp, rec.summary_fp)
-        if kept == [list(d) for d in rec.docs] and all(fails_kept):
+        if same == entries and all(fails_kept):  # what is kept is the record's docs
             rows = max((int(v) for v in rec.counts.values()), default=0)
             if rows < max(1, part_rows // 4):
                 small[key].append(i)
@@ -445,13 +571,13 @@ def _compact(
         elif not kept and not any(fails_kept):
             superseded.append(i)
         else:
-            rewrite[key].append((i, kept))
+            rewrite[key].append(i)
     merged: set[int] = set()
     for key, few in small.items():
         if len(few) + len(rewrite.get(key, [])) >= 2:  # small parts merge
             for i in few:
                 merged.add(i)
-                rewrite[key].append((i, [list(d) for d in records[i].docs]))
+                rewrite[key].append(i)
     unchanged = [i for i in unchanged if i not in merged]
     report.unchanged = len(unchanged)
     report.superseded = len(superseded)
@@ -468,12 +594,12 @@ def _compact(
     # step 1: stage the new parts and write their records
     for key, group in rewrite.items():
         buf = _Buffer(key)
-        for i, kept in sorted(group):
-            _rewrite(store, plan, i, kept, buf)
+        for i in sorted(group):
+            _rewrite(store, plan, i, buf)
             if buf.rows >= part_rows or buf.nbytes >= PART_BYTES:
                 writer.flush(buf)
         writer.flush(buf)
-    old = [i for members in rewrite.values() for i, _ in members] + superseded
+    old = [i for members in rewrite.values() for i in members] + superseded
     manifest = {
         "generation": gen,
         "run_id": run_id,

@@ -281,11 +281,17 @@ def finish_presence(store: OutputStore) -> None:
             store.delete(f"{PRESENCE_DIR}/{name}")
 
 
-def deleted_ids(store: OutputStore) -> pa.Array:
-    """Ids recorded as deleted and not present again since: what ``compact`` drops."""
-    names = [
+def _deletion_files(store: OutputStore) -> list[str]:
+    return [
         n for n in store.list_files(DELETIONS) if n.endswith(".parquet") and not is_temp_name(n)
     ]
+
+
+def deleted_ids(store: OutputStore) -> pa.Array:
+    """Ids recorded as deleted and not present again since: what ``compact`` drops.
+    Holds the deletions and the present ids in memory (see :func:`deletion_log_ids` and
+    :func:`present_ids` for the same, a batch at a time)."""
+    names = _deletion_files(store)
     if not names:
         return pa.array([], pa.string())
     import pyarrow.parquet as pq
@@ -299,6 +305,26 @@ def deleted_ids(store: OutputStore) -> pa.Array:
     if present is not None and len(ids):
         ids = ids.filter(pc.invert(pc.is_in(ids, value_set=present)))
     return ids
+
+
+def deletion_log_ids(store: OutputStore) -> Iterator[pa.Array]:
+    """The ids of every deletions file, repeats included, one record batch at a time:
+    :func:`deleted_ids` is these, distinct, minus :func:`present_ids`."""
+    import pyarrow.parquet as pq
+
+    for name in _deletion_files(store):
+        with store.fs.open_input_file(store.path(f"{DELETIONS}/{name}")) as src:
+            for batch in pq.ParquetFile(src).iter_batches(columns=["doc_id"]):
+                yield batch.column(0)
+
+
+def present_ids(store: OutputStore) -> Iterator[pa.Array] | None:
+    """The ids of the source at the last complete run, one written batch at a time; None
+    before any (then no recorded deletion is undone)."""
+    state = presence(store)
+    if state is None:
+        return None
+    return iter_ids(store, state["ids"])
 
 
 def _last_hashes(store: OutputStore, ids: set[str]) -> dict[str, str]:
@@ -444,8 +470,10 @@ __all__ = [
     "Seen",
     "current_ids",
     "deleted_ids",
+    "deletion_log_ids",
     "finish_presence",
     "listing_key",
+    "present_ids",
     "record_deletions",
     "write_seen",
 ]
