@@ -291,7 +291,17 @@ class _Plan:
                 )
         gone = db.execute("UPDATE cur SET gone = 1 WHERE doc IN (SELECT doc FROM deleted)").rowcount
         db.execute("COMMIT")
+        log.info(
+            "compact: planned %d records in a %.0f MB temporary file",
+            len(self.records),
+            self.disk_bytes() / 1e6,
+        )
         return int(gone)
+
+    def disk_bytes(self) -> int:
+        """The size of the planning database (on disk, under the temporary directory)."""
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        return int(pages) * int(self.db.execute("PRAGMA page_size").fetchone()[0])
 
     def load_failures(self, store: OutputStore) -> None:
         """The failure rows' keys (few), and the current records of the documents they
