@@ -19,6 +19,13 @@ are two or more of the same fingerprints) is rewritten: its current rows are fil
 into new parts of up to ``part_rows`` rows (or ``PART_BYTES``), read one old part at a
 time (memory is one part, not the output), with new records holding exactly its current entries.
 
+**Planning memory.** The records are read one at a time; only their headers (files,
+counts, fingerprints) stay in memory. Their entries, each document's current hash and
+records, and the deleted ids are in a private temporary SQLite file (``_Plan``), asked
+per record; a rewritten record's current entries are fetched when it is rewritten. So
+memory does not grow with the number of documents, only with the number of records and
+failure rows.
+
 **Commit, the same protocol as a run.** Generation ``g`` writes under the shard name
 ``compact-<g>``:
 
