@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from pipeline.checkpoint import Checkpoint
+from pipeline.checkpoint import Checkpoint, record_order
 from pipeline.config import JobConfig
 from pipeline.sinks import OutputStore, is_temp_name
 
@@ -328,12 +328,19 @@ def present_ids(store: OutputStore) -> Iterator[pa.Array] | None:
 
 
 def _last_hashes(store: OutputStore, ids: set[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for rec in Checkpoint(store).records():  # oldest first: the newest wins
+    """The content hash of each of ``ids`` in the newest record that lists it. Records
+    are read one at a time (not all of them held at once, as ``records()`` would): memory
+    is one record plus the answer for ``ids``."""
+    newest: dict[str, tuple[tuple[str, str, int], str]] = {}
+    for rec in Checkpoint(store).iter_records():
+        order = record_order(rec)
         for doc_id, chash, _e, _s in rec.docs:
             if doc_id in ids and chash is not None:
-                out[doc_id] = chash
-    return out
+                held = newest.get(doc_id)
+                # >=: within one record the later entry wins, as when reading oldest first
+                if held is None or order >= held[0]:
+                    newest[doc_id] = (order, chash)
+    return {doc_id: chash for doc_id, (_, chash) in newest.items()}
 
 
 def _skipped(store: OutputStore, run_id: str, status: str, reason: str) -> dict[str, Any]:

@@ -142,6 +142,23 @@ def _assert_current(out: str, docs: dict[str, str]) -> None:
     assert {(doc, h) for doc, _, h in chunks} == {(d, content_hash(t)) for d, t in docs.items()}
 
 
+def test_a_deletion_records_the_newest_content_hash(tmp_path: Path) -> None:
+    """d01 changed in run 2 (parts of both versions are in the records), then deleted:
+    its deletion row carries the hash of the newest version, found by reading the records
+    one at a time, not all of them held at once."""
+    src, out = str(tmp_path / "src.parquet"), str(tmp_path / "out")
+    docs, _ = _scenario(src, out)
+    del docs["d01"]
+    _write(src, docs)
+    _run(_config(src, out, "r3"))
+    from pipeline.models import content_hash
+
+    rows = [r for r in _deletions(out) if r["run_id"] == "r3"]
+    assert [r["doc_id"] for r in rows] == ["d01"]
+    assert rows[0]["content_hash"] == content_hash(_text(1, version=1))
+    assert rows[0]["content_hash"] != content_hash(_text(1))
+
+
 def test_deletions_changed_failed_and_compact_locally(tmp_path: Path) -> None:
     src, out = str(tmp_path / "src.parquet"), str(tmp_path / "out")
     docs, _ = _scenario(src, out)
