@@ -289,18 +289,12 @@ def _deletion_files(store: OutputStore) -> list[str]:
 
 def deleted_ids(store: OutputStore) -> pa.Array:
     """Ids recorded as deleted and not present again since: what ``compact`` drops.
-    Holds the deletions and the present ids in memory (see :func:`deletion_log_ids` and
-    :func:`present_ids` for the same, a batch at a time)."""
-    names = _deletion_files(store)
-    if not names:
+    :func:`deletion_log_ids`, distinct, minus the present ids, held in memory
+    (``compact`` takes the two streams instead)."""
+    logged = list(deletion_log_ids(store))
+    if not logged:
         return pa.array([], pa.string())
-    import pyarrow.parquet as pq
-
-    tables = [
-        pq.read_table(store.path(f"{DELETIONS}/{n}"), columns=["doc_id"], filesystem=store.fs)
-        for n in names
-    ]
-    ids = pc.unique(pa.concat_tables(tables).column("doc_id").combine_chunks())
+    ids = pc.unique(pa.concat_arrays(logged))
     present = current_ids(store)
     if present is not None and len(ids):
         ids = ids.filter(pc.invert(pc.is_in(ids, value_set=present)))
@@ -308,8 +302,7 @@ def deleted_ids(store: OutputStore) -> pa.Array:
 
 
 def deletion_log_ids(store: OutputStore) -> Iterator[pa.Array]:
-    """The ids of every deletions file, repeats included, one record batch at a time:
-    :func:`deleted_ids` is these, distinct, minus :func:`present_ids`."""
+    """The ids of every deletions file, repeats included, one record batch at a time."""
     import pyarrow.parquet as pq
 
     for name in _deletion_files(store):
