@@ -19,13 +19,13 @@ import sys
 import time
 
 import orjson
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.common import sample_rss  # noqa: E402
 from pipeline import demo  # noqa: E402
 
 
@@ -78,20 +78,13 @@ def run_cli(
     ]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, ps.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
+    peak = max((mb for _, mb in sample_rss(proc, started)), default=0.0)
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"run failed with status {proc.returncode}: {' '.join(cmd)}")
     with open(os.path.join(output, "report.json"), "rb") as fh:
         report = orjson.loads(fh.read())
-    return seconds, peak / 2**20, report
+    return seconds, peak, report
 
 
 def main() -> None:

@@ -141,6 +141,21 @@ def watch_limit(
     }
 
 
+def sample_rss(proc: subprocess.Popen[Any], started: float) -> list[tuple[float, float]]:
+    """The RSS of ``proc`` every 50 ms until it ends: (seconds since ``started``, MiB)."""
+    import psutil
+
+    ps = psutil.Process(proc.pid)
+    samples: list[tuple[float, float]] = []
+    while proc.poll() is None:
+        try:
+            samples.append((time.monotonic() - started, ps.memory_info().rss / 2**20))
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    return samples
+
+
 # --------------------------------------------------------------------------- Celery benches
 
 

@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 
-import psutil
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CLI = os.path.join(os.path.dirname(sys.executable), "oci-genai-batch")
+from bench.common import CLI, sample_rss
 
 
 def main() -> None:
@@ -29,7 +29,6 @@ def main() -> None:
     cmd += ["--progress", *extra]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ps = psutil.Process(proc.pid)
     lines: list[tuple[float, str]] = []
 
     def read() -> None:
@@ -41,13 +40,7 @@ def main() -> None:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    samples: list[tuple[float, float]] = []
-    while proc.poll() is None:
-        try:
-            samples.append((time.monotonic() - started, ps.memory_info().rss / 2**20))
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
+    samples = sample_rss(proc, started)
     reader.join(5)
     seconds = time.monotonic() - started
     if not samples:
